@@ -1,0 +1,571 @@
+"""Synchronous hook for the Emporix SEPA Export API, built on ``requests``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+
+from airflow_provider_sepa.core import endpoints, payloads
+from airflow_provider_sepa.core.errors import (
+    SepaExportConfigError,
+    SepaExportDownloadError,
+    SepaExportError,
+    SepaExportJobNotFoundError,
+)
+from airflow_provider_sepa.core.files import LOCAL_SCHEMES, DownloadedFile, check_destination, default_file_name
+from airflow_provider_sepa.core.jobs import ExportJob
+from airflow_provider_sepa.core.retry import Action, RequestAttempts, RetryPolicy, TransportFailure
+
+if TYPE_CHECKING:
+    import requests
+
+    from airflow.sdk import ObjectStoragePath
+
+#: Size of the chunks a download is read and written in, in bytes.
+DOWNLOAD_CHUNK_SIZE = 1024 * 1024
+
+
+def _mask_secret(value: str) -> None:
+    from airflow.sdk.log import mask_secret
+
+    mask_secret(value)
+
+
+class SepaExportHook(BaseHook):
+    """Talk to the Emporix SEPA Export API: tokens, export jobs and file downloads.
+
+    The connection (type ``emporix``) holds the API host, the OAuth client id as login,
+    the client secret as password and the tenant in the extra field ``tenant``.
+
+    :param emporix_conn_id: id of the Airflow connection.
+    :param connect_timeout: seconds to wait for a TCP connection.
+    :param read_timeout: seconds to wait for the server between two reads.
+    :param retry_policy: backoff for idempotent requests; the default sends each request at
+        most five times.
+    """
+
+    conn_name_attr = "emporix_conn_id"
+    default_conn_name = endpoints.DEFAULT_CONN_ID
+    conn_type = endpoints.CONN_TYPE
+    hook_name = "Emporix SEPA Export"
+
+    def __init__(
+        self,
+        emporix_conn_id: str = endpoints.DEFAULT_CONN_ID,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        retry_policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__()
+        self.emporix_conn_id = emporix_conn_id
+        self.timeout = (connect_timeout, read_timeout)
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._sleep = sleep
+
+    # -- connection form -------------------------------------------------------------
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Relabel and hide the generic connection form fields for this connection type."""
+        return {
+            "hidden_fields": ["schema", "port"],
+            "relabeling": {"login": "Client ID", "password": "Client secret", "host": "API URL"},
+            "placeholders": {
+                "host": endpoints.DEFAULT_HOST,
+                "login": "OAuth client id of the Emporix API key",
+                "password": "OAuth client secret",
+                "tenant": "mytenant",
+                "scope": "sepaexport.job_view sepaexport.job_manage sepaexport.media_view",
+            },
+        }
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Add the tenant and scope fields to the connection form."""
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import StringField
+
+        return {
+            "tenant": StringField(lazy_gettext("Tenant"), widget=BS3TextFieldWidget()),
+            "scope": StringField(lazy_gettext("Scope"), widget=BS3TextFieldWidget()),
+        }
+
+    # -- settings and session ----------------------------------------------------------
+
+    @cached_property
+    def settings(self) -> endpoints.ConnectionSettings:
+        """The validated connection settings; raises before any request when they are invalid."""
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            conn = self.get_connection(self.emporix_conn_id)
+        except AirflowNotFoundException:
+            raise SepaExportConfigError(
+                f"Connection {self.emporix_conn_id!r} is not defined. Create it in the Airflow UI "
+                f"(type 'emporix') or set AIRFLOW_CONN_{self.emporix_conn_id.upper()} to its JSON form."
+            ) from None
+        settings = endpoints.ConnectionSettings.from_fields(
+            conn_id=self.emporix_conn_id,
+            host=conn.host,
+            port=conn.port,
+            login=conn.login,
+            password=conn.password,
+            extra=conn.extra,
+        )
+        _mask_secret(settings.client_secret)
+        return settings
+
+    @cached_property
+    def session(self) -> requests.Session:
+        """The HTTP session; one connection pool per hook instance."""
+        import requests
+
+        session = requests.Session()
+        session.headers["User-Agent"] = "airflow-provider-sepa"
+        return session
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+        if "session" in self.__dict__:
+            self.session.close()
+            del self.__dict__["session"]
+
+    # -- requests ---------------------------------------------------------------------
+
+    def get_token(self) -> str:
+        """Return a valid access token, fetching a new one when the cached one is close to expiry."""
+        settings = self.settings
+        cached = payloads.TOKEN_CACHE.get(settings)
+        if cached is not None:
+            return cached.value
+        return self._fetch_token().value
+
+    def _fetch_token(self) -> payloads.AccessToken:
+        settings = self.settings
+        response = self._send(
+            "POST",
+            settings.token_url,
+            endpoints.TOKEN_ENDPOINT,
+            idempotent=True,
+            authenticated=False,
+            resource_id=f"client {settings.client_id}",
+            data=settings.token_form(),
+        )
+        payload = self._json(
+            response, endpoints.TOKEN_ENDPOINT, resource_id=f"client {settings.client_id}", quote_body=False
+        )
+        token = payloads.parse_token_response(payload)
+        _mask_secret(token.value)
+        payloads.TOKEN_CACHE.put(settings, token)
+        self.log.info("Fetched an access token for client %s, valid for %d s.", settings.client_id, token.lifetime)
+        return token
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        endpoint: str,
+        *,
+        idempotent: bool,
+        resource_id: str | None = None,
+        authenticated: bool = True,
+        stream: bool = False,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """Send a request under the shared retry rules and return the 2xx response."""
+        import requests
+
+        attempts = RequestAttempts(
+            self.retry_policy, endpoint, idempotent=idempotent, resource_id=resource_id, authenticated=authenticated
+        )
+        while True:
+            attempts.start_attempt()
+            token = self.get_token() if authenticated else None
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            try:
+                response = self.session.request(
+                    method, url, headers=headers, timeout=self.timeout, stream=stream, allow_redirects=False, **kwargs
+                )
+            except requests.exceptions.ConnectTimeout as error:
+                decision = attempts.after_transport_failure(TransportFailure.CONNECT, type(error).__name__)
+            except requests.exceptions.ReadTimeout as error:
+                decision = attempts.after_transport_failure(TransportFailure.READ_TIMEOUT, type(error).__name__)
+            except requests.exceptions.ConnectionError as error:
+                decision = attempts.after_transport_failure(_classify_connection_error(error), type(error).__name__)
+            except requests.exceptions.ChunkedEncodingError as error:
+                # Raised when the body of a non-streamed response breaks off while requests reads it.
+                decision = attempts.after_transport_failure(TransportFailure.DISCONNECTED, type(error).__name__)
+            else:
+                body = "" if response.ok else _read_error_body(response, stream)
+                # A gateway may echo the request in its error page, and the body goes into the exception.
+                body = _redact(body, self.settings.client_secret, token)
+                decision = attempts.after_response(response.status_code, body, response.headers.get("Retry-After"))
+                if decision.action is Action.RETURN:
+                    return response
+                response.close()
+
+            if decision.action is Action.REAUTHENTICATE:
+                self.log.warning("%s returned HTTP 401; fetching a new access token and repeating once.", endpoint)
+                payloads.TOKEN_CACHE.discard(self.settings)
+                continue
+            if decision.action is Action.RETRY:
+                self.log.warning(
+                    "%s failed on attempt %d of %d; retrying in %.1f s.",
+                    endpoint,
+                    attempts.attempts,
+                    self.retry_policy.max_attempts,
+                    decision.delay,
+                )
+                self._sleep(decision.delay)
+                continue
+            assert decision.error is not None
+            raise decision.error
+
+    @staticmethod
+    def _json(response: requests.Response, endpoint: str, resource_id: str, *, quote_body: bool = True) -> Any:
+        """Decode a JSON body. With ``quote_body=False`` the error leaves out the body, which may contain a token."""
+        from airflow_provider_sepa.core.errors import SepaExportResponseError, truncate_body
+
+        try:
+            return response.json()
+        except ValueError:
+            detail = "the body is not JSON."
+            if quote_body:
+                detail = f"the body is not JSON: {truncate_body(response.text)!r}"
+            raise SepaExportResponseError(endpoint, response.status_code, detail, resource_id=resource_id) from None
+
+    # -- jobs -------------------------------------------------------------------------
+
+    def create_job(self, site_code: str) -> str:
+        """Start an export job for a site and return its job id.
+
+        The request is never repeated after a reply that may have been lost: then
+        :class:`~airflow_provider_sepa.core.errors.SepaExportCreateOutcomeUnknownError`
+        is raised and the caller must look the job up before creating another.
+
+        :raises SepaExportConflictError: when another job of the tenant is in progress (HTTP 409).
+        """
+        site_code = endpoints.validate_site_code(site_code)
+        response = self._send(
+            "POST",
+            self.settings.jobs_url(),
+            endpoints.CREATE_ENDPOINT,
+            idempotent=False,
+            resource_id=f"site {site_code}",
+            json={"siteCode": site_code},
+        )
+        payload = self._json(response, endpoints.CREATE_ENDPOINT, resource_id=f"site {site_code}")
+        job_id = payloads.parse_created_job_id(payload, site_code)
+        self.log.info("Created export job %s for site %s.", job_id, site_code)
+        return job_id
+
+    def list_jobs(
+        self, site_code: str, page_number: int = 1, page_size: int = 16, sort: str = "DESC"
+    ) -> list[ExportJob]:
+        """Return one page of the site's export jobs, newest first unless ``sort="ASC"``."""
+        params = endpoints.list_params(site_code, page_number, page_size, sort)
+        response = self._send(
+            "GET",
+            self.settings.jobs_url(),
+            endpoints.LIST_ENDPOINT,
+            idempotent=True,
+            resource_id=f"site {site_code}",
+            params=params,
+        )
+        payload = self._json(response, endpoints.LIST_ENDPOINT, resource_id=f"site {site_code}")
+        return payloads.parse_job_list(payload, site_code)
+
+    def iter_jobs(self, site_code: str, page_size: int = 50, max_pages: int = 200) -> Iterator[ExportJob]:
+        """Yield the site's jobs newest first, following pages until the list ends.
+
+        Each job is yielded once, even when a page repeats jobs of an earlier one: a job
+        created during the walk shifts the newest-first list, and a server that ignores
+        ``pageNumber`` returns the first page again.
+        """
+        walk = payloads.PageWalk(page_size=page_size, max_pages=max_pages)
+        seen: set[str] = set()
+        while True:
+            page = self.list_jobs(site_code, page_number=walk.page_number, page_size=page_size)
+            for job in page:
+                if job.job_id not in seen:
+                    seen.add(job.job_id)
+                    yield job
+            if not walk.next_page(page):
+                return
+
+    def get_job(self, site_code: str, job_id: str, page_size: int = 50) -> ExportJob:
+        """Return one job of a site, following pages of the job list until it appears.
+
+        :raises SepaExportJobNotFoundError: when no page lists the job.
+        """
+        job_id = endpoints.validate_job_id(job_id)
+        for job in self.iter_jobs(site_code, page_size=page_size):
+            if job.job_id == job_id:
+                return job
+        raise SepaExportJobNotFoundError(
+            f"Export job {job_id} is not in the job list of site {site_code!r} (GET /sepa-export/"
+            f"{self.settings.tenant}/jobs). Check that the job id belongs to this site and tenant."
+        )
+
+    def find_jobs_created_since(self, site_code: str, since: datetime) -> list[ExportJob]:
+        """Return the site's jobs created at or after ``since``, newest first.
+
+        A naive ``since`` is read as UTC, like a timestamp without zone from the API.
+        """
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=timezone.utc)
+        found = []
+        for job in self.iter_jobs(site_code):
+            if job.created_at is not None and job.created_at < since:
+                break
+            if job.created_at is not None:
+                found.append(job)
+        return found
+
+    # -- files ------------------------------------------------------------------------
+
+    def download_file(self, file_id: str, destination: str | os.PathLike[str] | ObjectStoragePath) -> DownloadedFile:
+        """Stream a SEPA file to a local path or an object-storage path.
+
+        The body is written as bytes and never decoded as text; only an HTTP content
+        encoding such as gzip is undone. A destination string ending with ``/`` is a folder
+        that receives ``<file id>.xml``. The file appears at the destination only when the
+        whole body has arrived; after a failure nothing is left there. An existing file with
+        different content is never overwritten.
+
+        :raises SepaExportDownloadError: when the body stays incomplete after the retries, or
+            when the destination already holds a different file.
+        """
+        file_id = endpoints.validate_file_id(file_id)
+        url = self.settings.file_url(file_id)
+        target = _as_storage_path(destination, file_id)
+
+        local_path = _local_path_of(target)
+        staging_dir = os.path.dirname(local_path) if local_path else None
+        if staging_dir:
+            os.makedirs(staging_dir, exist_ok=True)
+
+        staged, size, digest = self._download_to_temp(url, file_id, staging_dir)
+        try:
+            if local_path:
+                final = _publish_local(staged, local_path, digest, file_id)
+            else:
+                final = _publish_storage(staged, target, digest, file_id)
+        finally:
+            if os.path.exists(staged):
+                os.unlink(staged)
+
+        self.log.info("Downloaded file %s to %s: %d bytes, sha256 %s.", file_id, final, size, digest)
+        return DownloadedFile(path=final, size_bytes=size, sha256=digest, file_id=file_id)
+
+    def _download_to_temp(self, url: str, file_id: str, staging_dir: str | None) -> tuple[str, int, str]:
+        """Download into a temporary file, restarting from byte 0 after a broken body."""
+        import requests
+
+        attempts = RequestAttempts(
+            self.retry_policy, endpoints.DOWNLOAD_ENDPOINT, idempotent=True, resource_id=f"file {file_id}"
+        )
+        while True:
+            response = self._send(
+                "GET", url, endpoints.DOWNLOAD_ENDPOINT, idempotent=True, resource_id=f"file {file_id}", stream=True
+            )
+            attempts.start_attempt()
+            handle, staged = tempfile.mkstemp(prefix=".sepa-", suffix=".part", dir=staging_dir)
+            try:
+                with os.fdopen(handle, "wb") as out, response:
+                    size, digest = _copy_body(response, out)
+                    # Content-Length counts the bytes on the wire, which differ from the decoded
+                    # size when the server compressed the body (Content-Encoding: gzip).
+                    received = _wire_bytes_read(response, size)
+                    expected = response.headers.get("Content-Length")
+                    if expected is not None and expected.isdigit() and int(expected) != received:
+                        raise requests.exceptions.ChunkedEncodingError(f"got {received} of {expected} bytes")
+                    out.flush()
+                    os.fsync(out.fileno())
+                return staged, size, digest
+            except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as error:
+                os.unlink(staged)
+                decision = attempts.after_transport_failure(TransportFailure.DISCONNECTED, str(error))
+            except requests.exceptions.Timeout as error:
+                os.unlink(staged)
+                decision = attempts.after_transport_failure(TransportFailure.READ_TIMEOUT, type(error).__name__)
+            except BaseException:
+                os.unlink(staged)
+                raise
+
+            if decision.action is Action.RETRY:
+                self.log.warning(
+                    "Download of file %s broke off on attempt %d; restarting from the first byte in %.1f s.",
+                    file_id,
+                    attempts.attempts,
+                    decision.delay,
+                )
+                self._sleep(decision.delay)
+                continue
+            assert decision.error is not None
+            raise SepaExportDownloadError(
+                endpoints.DOWNLOAD_ENDPOINT,
+                None,
+                decision.error.detail,
+                attempts=attempts.attempts,
+                resource_id=f"file {file_id}",
+                hint="No file was written; the task can be retried.",
+            )
+
+    # -- connection test ----------------------------------------------------------------
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Fetch a token and list one job, as the Airflow UI's Test button does."""
+        try:
+            payloads.TOKEN_CACHE.discard(self.settings)
+            self.get_token()
+            self.list_jobs("main", page_number=1, page_size=1)
+        except SepaExportError as error:
+            return False, str(error)
+        return True, f"Fetched a token and listed jobs of tenant {self.settings.tenant!r}."
+
+
+def _classify_connection_error(error: Exception) -> TransportFailure:
+    """Tell a refused connection (request never sent) from one dropped after sending."""
+    import urllib3.exceptions
+
+    reason: Any = error.args[0] if error.args else None
+    reason = getattr(reason, "reason", reason)
+    if isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.NameResolutionError)):
+        return TransportFailure.CONNECT
+    return TransportFailure.DISCONNECTED
+
+
+def _redact(text: str, *secrets: str | None) -> str:
+    """Replace every occurrence of the given secrets in ``text`` with ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _read_error_body(response: requests.Response, streamed: bool, limit: int = 4096) -> str:
+    """Return at most ``limit`` bytes of an error body as text, without reading a large body whole."""
+    if not streamed:
+        return response.content[:limit].decode("utf-8", errors="replace")
+    try:
+        raw = response.raw.read(limit, decode_content=True)
+    except Exception:  # noqa: BLE001 - an unreadable error body must not hide the status
+        return ""
+    return (raw or b"").decode("utf-8", errors="replace")
+
+
+def _wire_bytes_read(response: requests.Response, decoded_size: int) -> int:
+    """Return how many body bytes came over the wire, before any content decoding."""
+    tell = getattr(response.raw, "tell", None)
+    if callable(tell):
+        return int(tell())
+    return decoded_size
+
+
+def _copy_body(response: requests.Response, out: Any) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in response.iter_content(chunk_size=DOWNLOAD_CHUNK_SIZE):
+        out.write(chunk)
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _as_storage_path(destination: Any, file_id: str) -> Any:
+    """Return a local path string or an ``ObjectStoragePath`` for a destination.
+
+    A destination string ending with ``/`` is a folder, and the file goes into it as
+    :func:`default_file_name`.
+    """
+    if type(destination).__name__ == "ObjectStoragePath":
+        return destination
+    text = check_destination(os.fspath(destination) if isinstance(destination, os.PathLike) else destination)
+    if text.endswith("/"):
+        text += default_file_name(file_id)
+    if "://" not in text:
+        return text
+    from airflow.sdk import ObjectStoragePath
+
+    return ObjectStoragePath(text)
+
+
+def _local_path_of(target: Any) -> str | None:
+    """Return the local file path behind a destination, or ``None`` for remote storage."""
+    if isinstance(target, str):
+        return target
+    if getattr(target, "protocol", None) in LOCAL_SCHEMES:
+        return "/" + str(target.path).lstrip("/")
+    return None
+
+
+def _sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(DOWNLOAD_CHUNK_SIZE), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _publish_local(staged: str, destination: str, digest: str, file_id: str) -> str:
+    """Move a complete download into place atomically; keep an identical existing file."""
+    if os.path.isdir(destination):
+        raise SepaExportDownloadError(
+            endpoints.DOWNLOAD_ENDPOINT,
+            200,
+            f"the destination {destination} is a folder",
+            resource_id=f"file {file_id}",
+            hint="End the destination with '/' to save the file inside it, or name a file.",
+        )
+    if os.path.exists(destination):
+        if _sha256_of(destination) == digest:
+            return destination
+        raise SepaExportDownloadError(
+            endpoints.DOWNLOAD_ENDPOINT,
+            200,
+            f"{destination} already exists with different content",
+            resource_id=f"file {file_id}",
+            hint="A bank file is never overwritten; move the old file away or choose another destination.",
+        )
+    os.replace(staged, destination)
+    return destination
+
+
+def _publish_storage(staged: str, target: Any, digest: str, file_id: str) -> str:
+    """Copy a complete download to object storage; delete the object again if the copy fails."""
+    if target.exists():
+        with target.open("rb") as existing:
+            same = hashlib.file_digest(existing, "sha256").hexdigest() == digest
+        if same:
+            return str(target)
+        raise SepaExportDownloadError(
+            endpoints.DOWNLOAD_ENDPOINT,
+            200,
+            f"{target} already exists with different content",
+            resource_id=f"file {file_id}",
+            hint="A bank file is never overwritten; move the old object away or choose another destination.",
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(staged, "rb") as source, target.open("wb") as sink:
+            for chunk in iter(lambda: source.read(DOWNLOAD_CHUNK_SIZE), b""):
+                sink.write(chunk)
+    except BaseException:
+        try:
+            target.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    return str(target)

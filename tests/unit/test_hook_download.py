@@ -1,0 +1,371 @@
+"""Tests of the sync hook's file download: exact bytes, digests, destinations and cleanup."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import io
+import os
+import uuid
+from pathlib import Path
+
+import fsspec
+import pytest
+from airflow.sdk import ObjectStoragePath
+from airflow.sdk.io import attach
+
+from airflow_provider_sepa.core import endpoints
+from airflow_provider_sepa.core.errors import (
+    SepaExportDownloadError,
+    SepaExportInputError,
+    SepaExportNotFoundError,
+    SepaExportScopeError,
+)
+from airflow_provider_sepa.hooks import sepa_export
+
+FILE_ID = "file-0001"
+# A SEPA-XML body with a UTF-8 byte order mark, umlauts, an en dash and a euro sign.
+BODY = (
+    '\ufeff<?xml version="1.0" encoding="UTF-8"?>\r\n'
+    '<Document xmlns="urn:iso:std:iso:20022:tech:xsd:pain.008.001.02">'
+    "<Nm>Müller &amp; Søn – Zahlung 12,50 €</Nm></Document>\n"
+).encode("utf-8")
+BODY_SHA256 = hashlib.sha256(BODY).hexdigest()
+BODY_404 = {"message": "Given resource has not been found."}
+
+
+class FailingBody(io.RawIOBase):
+    """A response body that returns ``head`` and then fails like a dropped connection."""
+
+    def __init__(self, head: bytes) -> None:
+        self._head = head
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self._head:
+            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+        size = min(len(buffer), len(self._head))
+        buffer[:size] = self._head[:size]
+        self._head = self._head[size:]
+        return size
+
+
+@pytest.fixture
+def file_url(api) -> str:
+    return f"{api.files_url}/{FILE_ID}"
+
+
+@pytest.fixture
+def memory_bucket():
+    """An in-memory object store reachable as ``memory://<bucket>``, emptied after the test."""
+    filesystem = fsspec.filesystem("memory")
+    attach(protocol="memory", fs=filesystem)
+    bucket = f"bucket-{uuid.uuid4().hex}"
+    yield f"memory://{bucket}"
+    if filesystem.exists(f"/{bucket}"):
+        filesystem.rm(f"/{bucket}", recursive=True)
+
+
+def files_in(folder: Path) -> list[str]:
+    """Return the names of every file under ``folder``, hidden ones included."""
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+
+
+class TestSepaExportHookDownload:
+    def test_download_bytes_identical(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        requests_mock.get(file_url, content=BODY, headers={"Content-Type": "text/plain; charset=utf-8"})
+        destination = tmp_path / "out" / "main.xml"
+
+        hook.download_file(FILE_ID, str(destination))
+
+        assert destination.read_bytes() == BODY
+        assert destination.read_bytes().startswith(b"\xef\xbb\xbf")
+
+    def test_download_record(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        requests_mock.get(file_url, content=BODY, headers={"Content-Length": str(len(BODY))})
+        destination = tmp_path / "main.xml"
+
+        record = hook.download_file(FILE_ID, destination)
+
+        assert record.path == str(destination)
+        assert record.size_bytes == len(BODY)
+        assert record.sha256 == BODY_SHA256
+        assert record.file_id == FILE_ID
+
+    def test_download_leaves_only_target(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        requests_mock.get(file_url, content=BODY)
+
+        hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+
+        assert files_in(tmp_path) == ["main.xml"]
+
+    def test_download_request(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        requests_mock.get(file_url, content=BODY)
+
+        hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+        request = requests_mock.last_request
+
+        assert request.url == file_url
+        assert request.headers["Authorization"] == f"Bearer {token_endpoint.issued[0]}"
+
+    def test_download_file_id_quoted(self, hook, api, requests_mock, token_endpoint, tmp_path):
+        requests_mock.get(f"{api.files_url}/a%2Fb%3Fc", content=BODY)
+
+        record = hook.download_file("a/b?c", str(tmp_path / "main.xml"))
+
+        assert requests_mock.last_request.path == "/sepa-export/acme/files/a%2fb%3fc"
+        assert record.size_bytes == len(BODY)
+
+    def test_download_empty_body(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        requests_mock.get(file_url, content=b"", headers={"Content-Length": "0"})
+        destination = tmp_path / "empty.xml"
+
+        record = hook.download_file(FILE_ID, str(destination))
+
+        assert destination.read_bytes() == b""
+        assert record.sha256 == hashlib.sha256(b"").hexdigest()
+
+    def test_download_gzip_encoded(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        compressed = gzip.compress(BODY * 50)
+        requests_mock.get(
+            file_url, content=compressed, headers={"Content-Encoding": "gzip", "Content-Length": str(len(compressed))}
+        )
+        destination = tmp_path / "main.xml"
+
+        record = hook.download_file(FILE_ID, str(destination))
+
+        assert destination.read_bytes() == BODY * 50
+        assert record.size_bytes == len(BODY) * 50
+        assert requests_mock.call_count == 2
+
+    def test_download_folder_destination(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        requests_mock.get(file_url, content=BODY)
+
+        record = hook.download_file(FILE_ID, f"{tmp_path}/sepa/")
+
+        assert record.path == f"{tmp_path}/sepa/{FILE_ID}.xml"
+        assert (tmp_path / "sepa" / f"{FILE_ID}.xml").read_bytes() == BODY
+
+    def test_download_existing_folder_without_slash(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        requests_mock.get(file_url, content=BODY)
+        (tmp_path / "sepa").mkdir()
+
+        with pytest.raises(SepaExportDownloadError, match="is a folder"):
+            hook.download_file(FILE_ID, str(tmp_path / "sepa"))
+
+        assert files_in(tmp_path) == []
+
+    def test_download_short_body_retried(self, hook, requests_mock, token_endpoint, file_url, tmp_path, sleeps):
+        requests_mock.get(
+            file_url,
+            [
+                {"content": BODY[:10], "headers": {"Content-Length": str(len(BODY))}},
+                {"content": BODY, "headers": {"Content-Length": str(len(BODY))}},
+            ],
+        )
+        destination = tmp_path / "main.xml"
+
+        record = hook.download_file(FILE_ID, str(destination))
+
+        assert destination.read_bytes() == BODY
+        assert record.sha256 == BODY_SHA256
+        assert len(sleeps) == 1
+        assert files_in(tmp_path) == ["main.xml"]
+
+    def test_download_short_body_no_partial_file(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        requests_mock.get(file_url, content=BODY[:10], headers={"Content-Length": str(len(BODY))})
+
+        with pytest.raises(SepaExportDownloadError) as caught:
+            hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+
+        message = str(caught.value)
+        assert files_in(tmp_path) == []
+        assert endpoints.DOWNLOAD_ENDPOINT in message
+        assert f"file {FILE_ID}" in message
+        assert "after 3 attempts" in message
+        assert f"got 10 of {len(BODY)} bytes" in message
+
+    def test_download_broken_stream_no_partial_file(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        # One fresh body per attempt, because requests-mock hands the same object to every response.
+        requests_mock.get(file_url, [{"body": FailingBody(BODY[:20])} for _ in range(3)])
+
+        with pytest.raises(SepaExportDownloadError, match="connection closed"):
+            hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+
+        assert files_in(tmp_path) == []
+        assert requests_mock.call_count == 4
+
+    def test_download_write_error_no_partial_file(
+        self, hook, requests_mock, token_endpoint, file_url, tmp_path, monkeypatch
+    ):
+        def copy_half_then_fail(response, out):
+            out.write(BODY[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(sepa_export, "_copy_body", copy_half_then_fail)
+        requests_mock.get(file_url, content=BODY)
+
+        with pytest.raises(OSError, match="No space left"):
+            hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+
+        assert files_in(tmp_path) == []
+
+    def test_download_404(self, hook, requests_mock, token_endpoint, file_url, tmp_path, sleeps):
+        requests_mock.get(file_url, status_code=404, json=BODY_404)
+
+        with pytest.raises(SepaExportNotFoundError) as caught:
+            hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+
+        message = str(caught.value)
+        assert endpoints.DOWNLOAD_ENDPOINT in message
+        assert "HTTP 404" in message
+        assert f"file {FILE_ID}" in message
+        assert "Given resource has not been found." in message
+        assert files_in(tmp_path) == []
+        assert sleeps == []
+
+    def test_download_403_names_media_scope(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        requests_mock.get(
+            file_url, status_code=403, json={"message": "forbidden", "details": ["Missing required scopes"]}
+        )
+
+        with pytest.raises(SepaExportScopeError, match=endpoints.SCOPE_MEDIA_VIEW):
+            hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+
+    def test_download_5xx_retried(self, hook, requests_mock, token_endpoint, file_url, tmp_path, sleeps):
+        requests_mock.get(file_url, [{"status_code": 503, "text": "busy"}, {"content": BODY}])
+
+        hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+
+        assert (tmp_path / "main.xml").read_bytes() == BODY
+        assert len(sleeps) == 1
+
+    def test_download_401_reauthenticates(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        requests_mock.get(
+            file_url,
+            [{"status_code": 401, "json": {"fault": {"faultstring": "Access Token expired"}}}, {"content": BODY}],
+        )
+
+        hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+
+        assert (tmp_path / "main.xml").read_bytes() == BODY
+        assert token_endpoint.call_count == 2
+
+    def test_download_existing_identical_kept(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        requests_mock.get(file_url, content=BODY)
+        destination = tmp_path / "main.xml"
+        destination.write_bytes(BODY)
+        os.utime(destination, (1_000_000, 1_000_000))
+        inode = destination.stat().st_ino
+
+        record = hook.download_file(FILE_ID, str(destination))
+
+        assert record.sha256 == BODY_SHA256
+        assert destination.stat().st_ino == inode
+        assert destination.stat().st_mtime == 1_000_000
+        assert files_in(tmp_path) == ["main.xml"]
+
+    def test_download_existing_different_rejected(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        requests_mock.get(file_url, content=BODY)
+        destination = tmp_path / "main.xml"
+        destination.write_bytes(b"<Document>older export</Document>")
+
+        with pytest.raises(SepaExportDownloadError) as caught:
+            hook.download_file(FILE_ID, str(destination))
+
+        assert "already exists with different content" in str(caught.value)
+        assert f"file {FILE_ID}" in str(caught.value)
+        assert destination.read_bytes() == b"<Document>older export</Document>"
+        assert files_in(tmp_path) == ["main.xml"]
+
+    @pytest.mark.parametrize(
+        ("destination", "message"),
+        [
+            ("", "Invalid destination ''"),
+            (None, "Invalid destination ''"),
+            ("main.xml", "use an absolute path"),
+            ("out/main.xml", "use an absolute path"),
+            (Path("relative.xml"), "use an absolute path"),
+            ("http://example.test/upload", "not storage locations"),
+            ("https://example.test/upload", "not storage locations"),
+        ],
+        ids=["empty", "none", "bare-name", "relative-folder", "relative-path-object", "http", "https"],
+    )
+    def test_download_bad_destination_before_request(self, hook, requests_mock, destination, message):
+        with pytest.raises(SepaExportInputError, match=message):
+            hook.download_file(FILE_ID, destination)
+
+        assert requests_mock.call_count == 0
+
+    @pytest.mark.parametrize("file_id", ["", " x", "..", "a\x00b"], ids=["empty", "leading-space", "dot-dot", "nul"])
+    def test_download_bad_file_id_before_request(self, hook, requests_mock, tmp_path, file_id):
+        with pytest.raises(SepaExportInputError):
+            hook.download_file(file_id, str(tmp_path / "main.xml"))
+
+        assert requests_mock.call_count == 0
+
+    def test_download_file_url_storage_path(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        requests_mock.get(file_url, content=BODY)
+        destination = ObjectStoragePath(f"file://{tmp_path}/store/main.xml")
+
+        record = hook.download_file(FILE_ID, destination)
+
+        assert (tmp_path / "store" / "main.xml").read_bytes() == BODY
+        assert record.path == f"{tmp_path}/store/main.xml"
+        assert files_in(tmp_path) == ["store/main.xml"]
+
+    def test_download_file_url_string(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        requests_mock.get(file_url, content=BODY)
+
+        hook.download_file(FILE_ID, f"file://{tmp_path}/main.xml")
+
+        assert (tmp_path / "main.xml").read_bytes() == BODY
+
+
+class TestSepaExportHookDownloadObjectStorage:
+    def test_storage_download(self, hook, requests_mock, token_endpoint, file_url, memory_bucket):
+        requests_mock.get(file_url, content=BODY)
+
+        record = hook.download_file(FILE_ID, f"{memory_bucket}/sepa/main.xml")
+
+        assert ObjectStoragePath(f"{memory_bucket}/sepa/main.xml").read_bytes() == BODY
+        assert record.path == f"{memory_bucket}/sepa/main.xml"
+        assert record.sha256 == BODY_SHA256
+
+    def test_storage_folder_destination(self, hook, requests_mock, token_endpoint, file_url, memory_bucket):
+        requests_mock.get(file_url, content=BODY)
+
+        record = hook.download_file(FILE_ID, f"{memory_bucket}/sepa/")
+
+        assert record.path == f"{memory_bucket}/sepa/{FILE_ID}.xml"
+
+    def test_storage_existing_identical_kept(self, hook, requests_mock, token_endpoint, file_url, memory_bucket):
+        requests_mock.get(file_url, content=BODY)
+        target = ObjectStoragePath(f"{memory_bucket}/main.xml")
+        target.write_bytes(BODY)
+
+        record = hook.download_file(FILE_ID, target)
+
+        assert record.sha256 == BODY_SHA256
+        assert target.read_bytes() == BODY
+
+    def test_storage_existing_different_rejected(self, hook, requests_mock, token_endpoint, file_url, memory_bucket):
+        requests_mock.get(file_url, content=BODY)
+        target = ObjectStoragePath(f"{memory_bucket}/main.xml")
+        target.write_bytes(b"older")
+
+        with pytest.raises(SepaExportDownloadError, match="already exists with different content"):
+            hook.download_file(FILE_ID, target)
+
+        assert target.read_bytes() == b"older"
+
+    def test_storage_short_body_nothing_written(self, hook, requests_mock, token_endpoint, file_url, memory_bucket):
+        requests_mock.get(file_url, content=BODY[:5], headers={"Content-Length": str(len(BODY))})
+
+        with pytest.raises(SepaExportDownloadError):
+            hook.download_file(FILE_ID, f"{memory_bucket}/main.xml")
+
+        assert not ObjectStoragePath(f"{memory_bucket}/main.xml").exists()
