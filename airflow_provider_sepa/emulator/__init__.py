@@ -1,0 +1,55 @@
+"""Local loopback-only emulator of the Emporix SEPA Export API, for tests and demos.
+
+This module stays light: FastAPI, uvicorn and the XML code load only when one of the
+names below is first used. Start a server with::
+
+    from airflow_provider_sepa.emulator import EmulatorConfig, EmulatorServer
+
+    with EmulatorServer(EmulatorConfig(job_duration_seconds=0.2)) as server:
+        print(server.url, server.config.client_id, server.config.client_secret)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_sepa.emulator.config import ALL_SCOPES, EmulatorConfig
+
+if TYPE_CHECKING:
+    from airflow_provider_sepa.emulator.app import create_app
+    from airflow_provider_sepa.emulator.cli import main
+    from airflow_provider_sepa.emulator.iban import iban_is_valid
+    from airflow_provider_sepa.emulator.sepa_xml import summarize_pain008, summarize_pain008_file
+    from airflow_provider_sepa.emulator.server import EmulatorServer
+    from airflow_provider_sepa.emulator.state import (
+        JOB_STATUS_COMPLETED,
+        JOB_STATUS_FAILED,
+        JOB_STATUS_IN_PROGRESS,
+        EmulatorState,
+    )
+
+# Public name -> submodule that defines it, loaded on first attribute access.
+_LAZY_EXPORTS = {
+    "EmulatorServer": "server",
+    "EmulatorState": "state",
+    "JOB_STATUS_COMPLETED": "state",
+    "JOB_STATUS_FAILED": "state",
+    "JOB_STATUS_IN_PROGRESS": "state",
+    "create_app": "app",
+    "iban_is_valid": "iban",
+    "main": "cli",
+    "summarize_pain008": "sepa_xml",
+    "summarize_pain008_file": "sepa_xml",
+}
+
+__all__ = ["ALL_SCOPES", "EmulatorConfig", *_LAZY_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule that defines ``name`` on first access."""
+    module_name = _LAZY_EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    return getattr(module, name)
