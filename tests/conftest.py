@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 # Keep Airflow from touching ~/airflow when a test imports it.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="sepa-tests-airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 

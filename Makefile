@@ -1,0 +1,42 @@
+# Every target builds and uses the project's own virtual environment in .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP_VERSION := 26.3
+
+.PHONY: venv test demo emulator constraints clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "pip==$(PIP_VERSION)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+## test: run unit, emulator, integration and DAG tests.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## demo: run the nightly DAG against the local emulator; files land under exports/.
+demo: $(STAMP)
+	$(BIN)/python -m airflow_provider_sepa.emulator.demo --dags-folder dags --output exports
+
+## emulator: start the local API emulator on 127.0.0.1:8765 and print its client secret.
+emulator: $(STAMP)
+	$(BIN)/python -m airflow_provider_sepa.emulator --port 8765 --print-secret
+
+## constraints: pin the versions of a fresh install into constraints.txt.
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/python -m pip install --quiet "pip==$(PIP_VERSION)"
+	.venv-constraints/bin/python -m pip install --quiet ".[test]"
+	{ echo "# Exact versions installed by 'make venv' (Python 3.11), so every machine tests the same set."; \
+	  echo "# Regenerate with 'make constraints' after changing dependencies in pyproject.toml."; \
+	  .venv-constraints/bin/python -m pip freeze --exclude airflow-provider-sepa; } > constraints.txt
+	rm -rf .venv-constraints
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info exports .pytest_cache
