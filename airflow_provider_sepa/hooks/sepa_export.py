@@ -529,18 +529,28 @@ def _publish_local(staged: str, destination: str, digest: str, file_id: str) -> 
             resource_id=f"file {file_id}",
             hint="End the destination with '/' to save the file inside it, or name a file.",
         )
-    if os.path.exists(destination):
-        if _sha256_of(destination) == digest:
+    try:
+        # A hard link publishes the complete file atomically and, unlike os.replace,
+        # fails instead of overwriting a file that appeared in the meantime.
+        os.link(staged, destination)
+        return destination
+    except FileExistsError:
+        pass
+    except OSError:
+        # Some file systems (FUSE mounts, some network shares) have no hard links.
+        if not os.path.exists(destination):
+            os.replace(staged, destination)
             return destination
-        raise SepaExportDownloadError(
-            endpoints.DOWNLOAD_ENDPOINT,
-            200,
-            f"{destination} already exists with different content",
-            resource_id=f"file {file_id}",
-            hint="A bank file is never overwritten; move the old file away or choose another destination.",
-        )
-    os.replace(staged, destination)
-    return destination
+
+    if _sha256_of(destination) == digest:
+        return destination
+    raise SepaExportDownloadError(
+        endpoints.DOWNLOAD_ENDPOINT,
+        200,
+        f"{destination} already exists with different content",
+        resource_id=f"file {file_id}",
+        hint="A bank file is never overwritten; move the old file away or choose another destination.",
+    )
 
 
 def _publish_storage(staged: str, target: Any, digest: str, file_id: str) -> str:
