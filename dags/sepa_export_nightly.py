@@ -8,8 +8,8 @@ site list changes without editing this file:
 - ``sepa_export_dir``: absolute folder or object-storage URL that receives the files.
 
 The API runs one export job per tenant at a time, so the create tasks share the pool
-``sepa_export`` (create it with one slot); a create that still meets a running job of
-another site waits and tries again.
+``sepa_export``, which needs one slot. A create that still meets a running job of another
+site waits and tries again.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Run a DAG end to end against the local emulator with ``airflow dags test``.
 
-Starts the emulator on a free loopback port, creates a throwaway ``AIRFLOW_HOME`` with a
-SQLite database, points the ``emporix_default`` connection at the emulator through
-``AIRFLOW_CONN_EMPORIX_DEFAULT``, runs the DAG, then checks every file it wrote: the
-bytes must match the emulator's copy (SHA-256), and the pain.008 document must be
-well-formed with NbOfTxs and CtrlSum matching its transactions. The DAG's output is
+The runner starts the emulator on a free loopback port and creates a throwaway
+``AIRFLOW_HOME`` with a SQLite database. It points the ``emporix_default`` connection at
+the emulator through ``AIRFLOW_CONN_EMPORIX_DEFAULT`` and runs the DAG. Then it checks
+every file the DAG wrote: the bytes must match the emulator's copy (SHA-256), and the
+pain.008 document must be well-formed with NbOfTxs and CtrlSum matching its transactions. The DAG's output is
 scanned for the client secret and every issued access token.
 
 Usage::
@@ -132,11 +132,11 @@ def _print_summary(checks: list[ExportCheck], root: Path) -> None:
     print(f"{'site':<10} {'file':<62} {'bytes':>8} {'txs':>4} {'ctrl sum':>10}  sha256")
     for check in checks:
         try:
-            shown = check.path.relative_to(root)
+            display_path = check.path.relative_to(root)
         except ValueError:
-            shown = check.path
+            display_path = check.path
         print(
-            f"{check.site_code:<10} {str(shown):<62} {check.size_bytes:>8} {check.transactions:>4} "
+            f"{check.site_code:<10} {str(display_path):<62} {check.size_bytes:>8} {check.transactions:>4} "
             f"{check.ctrl_sum:>10}  {check.sha256}"
         )
         for problem in check.problems:
