@@ -76,29 +76,25 @@ class SepaExportHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Relabel and hide the generic connection form fields for this connection type."""
-        return {
-            "hidden_fields": ["schema", "port"],
-            "relabeling": {"login": "Client ID", "password": "Client secret", "host": "API URL"},
-            "placeholders": {
-                "host": endpoints.DEFAULT_HOST,
-                "login": "OAuth client id of the Emporix API key",
-                "password": "OAuth client secret",
-                "tenant": "mytenant",
-                "scope": "sepaexport.job_view sepaexport.job_manage sepaexport.media_view",
-            },
-        }
+        """Relabel and hide the standard connection form fields (Airflow 3.0 and 3.1)."""
+        from airflow_provider_sepa.get_provider_info import UI_FIELD_BEHAVIOUR
+
+        return {key.replace("-", "_"): value for key, value in UI_FIELD_BEHAVIOUR.items()}
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Add the tenant and scope fields to the connection form."""
+        """Add the tenant and scope fields to the connection form (Airflow 3.0 and 3.1)."""
         from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
         from flask_babel import lazy_gettext
         from wtforms import StringField
 
+        from airflow_provider_sepa.get_provider_info import CONNECTION_FIELDS
+
         return {
-            "tenant": StringField(lazy_gettext("Tenant"), widget=BS3TextFieldWidget()),
-            "scope": StringField(lazy_gettext("Scope"), widget=BS3TextFieldWidget()),
+            name: StringField(
+                lazy_gettext(field["label"]), widget=BS3TextFieldWidget(), description=field["description"]
+            )
+            for name, field in CONNECTION_FIELDS.items()
         }
 
     # -- settings and session ----------------------------------------------------------
