@@ -224,6 +224,17 @@ class ConnectionSettings:
         return form
 
 
+def missing_connection_error(conn_id: str) -> SepaExportConfigError:
+    """Build the error for a connection id that no secrets backend defines.
+
+    :param conn_id: the Airflow connection id that was looked up.
+    """
+    return SepaExportConfigError(
+        f"Connection {conn_id!r} is not defined. Create it in the Airflow UI "
+        f"(type 'emporix') or set AIRFLOW_CONN_{conn_id.upper()} to its JSON form."
+    )
+
+
 def _parse_extra(conn_id: str, extra: str | dict[str, Any] | None) -> dict[str, Any]:
     if extra is None or extra == "":
         return {}

@@ -23,6 +23,19 @@ def truncate_body(text: str | None) -> str:
     return flat[:MAX_BODY_CHARS] + f"... ({len(flat) - MAX_BODY_CHARS} more characters)"
 
 
+def redact(text: str, *secrets: str | None) -> str:
+    """Replace every occurrence of the given secrets in ``text`` with ``***``.
+
+    :param text: a response body or message that may echo a secret.
+    :param secrets: the client secret, access tokens and other values to hide; ``None`` and
+        empty values are skipped.
+    """
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
 class SepaExportError(AirflowException):
     """Base class of every error raised by this provider."""
 
@@ -119,3 +132,37 @@ class SepaExportJobNotFoundError(SepaExportError):
 
 class SepaExportTimeoutError(SepaExportError):
     """Waiting for an export job or for a free job slot took longer than the timeout."""
+
+
+def restore_error(error_type: object, message: str) -> SepaExportError:
+    """Rebuild an exception that a trigger reported by class name, keeping its message.
+
+    The trigger runs in another process, so it reports an error as the class name and the
+    message. A name that is not a subclass of :class:`SepaExportError` gives a plain
+    :class:`SepaExportError` that names the original class, so a resumed task still fails.
+
+    :param error_type: the class name from the event, such as ``"SepaExportServerError"``.
+    :param message: the exception message from the event.
+    """
+    classes = {cls.__name__: cls for cls in _subclasses(SepaExportError)}
+    cls = classes.get(error_type) if isinstance(error_type, str) else None
+    if cls is None:
+        return SepaExportError(f"The trigger failed with {error_type}: {message}")
+    if issubclass(cls, SepaExportApiError):
+        # The event carries only the finished message, so the fields that built it stay unknown.
+        error = cls.__new__(cls)
+        Exception.__init__(error, message)
+        error.endpoint = ""
+        error.status = None
+        error.attempts = 0
+        error.resource_id = None
+        error.detail = message
+        return error
+    return cls(message)
+
+
+def _subclasses(base: type[SepaExportError]) -> list[type[SepaExportError]]:
+    found = [base]
+    for sub in base.__subclasses__():
+        found.extend(_subclasses(sub))
+    return found

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_sepa.core import endpoints
-from airflow_provider_sepa.core.errors import SepaExportResponseError, truncate_body
+from airflow_provider_sepa.core.errors import SepaExportJobNotFoundError, SepaExportResponseError, truncate_body
 from airflow_provider_sepa.core.jobs import ExportJob
 
 #: Lifetime assumed when the token response has no usable ``expires_in``, in seconds.
@@ -31,6 +31,21 @@ class AccessToken:
     def is_usable(self, now: float | None = None) -> bool:
         """Whether the token may still be sent."""
         return (time.monotonic() if now is None else now) < self.refresh_at
+
+
+def not_json_error(endpoint: str, status: int, resource_id: str, body: str | None) -> SepaExportResponseError:
+    """Build the error for a 2xx response whose body is not JSON.
+
+    :param endpoint: the endpoint template, such as ``GET /sepa-export/{tenant}/jobs``.
+    :param status: the HTTP status of the response.
+    :param resource_id: the client, site code or file id the request was about.
+    :param body: the body to quote, truncated, or ``None`` to leave it out because it may
+        contain a token.
+    """
+    detail = "the body is not JSON."
+    if body is not None:
+        detail = f"the body is not JSON: {truncate_body(body)!r}"
+    return SepaExportResponseError(endpoint, status, detail, resource_id=resource_id)
 
 
 def parse_token_response(payload: Any, now: float | None = None) -> AccessToken:
@@ -141,6 +156,19 @@ def find_job_in_page(jobs: list[ExportJob], job_id: str) -> ExportJob | None:
         if job.job_id == job_id:
             return job
     return None
+
+
+def job_not_found_error(job_id: str, site_code: str, tenant: str) -> SepaExportJobNotFoundError:
+    """Build the error for a job id that no page of the site's job list contains.
+
+    :param job_id: the job id that was looked for.
+    :param site_code: the site whose job list was read.
+    :param tenant: the tenant of the connection, to name the endpoint.
+    """
+    return SepaExportJobNotFoundError(
+        f"Export job {job_id} is not in the job list of site {site_code!r} (GET /sepa-export/"
+        f"{tenant}/jobs). Check that the job id belongs to this site and tenant."
+    )
 
 
 @dataclass

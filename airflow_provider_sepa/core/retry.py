@@ -14,8 +14,9 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from typing import Any
 
-from airflow_provider_sepa.core import endpoints
+from airflow_provider_sepa.core import endpoints, payloads
 from airflow_provider_sepa.core.errors import (
     SepaExportApiError,
     SepaExportAuthError,
@@ -215,6 +216,45 @@ class RequestAttempts:
             resource_id=self.resource_id,
             hint="The job may have been created; look it up before creating another.",
         )
+
+
+def prepare_next_attempt(
+    attempts: RequestAttempts,
+    decision: Decision,
+    *,
+    settings: endpoints.ConnectionSettings,
+    log: Any,
+) -> float | None:
+    """Carry out a decision that did not return the response, before the next attempt.
+
+    Both transports call this after every attempt that did not end in a 2xx response, so
+    they log, forget tokens and raise in the same way.
+
+    :param attempts: the request's attempt state, for the endpoint and the attempt count.
+    :param decision: what :meth:`RequestAttempts.after_response` or
+        :meth:`RequestAttempts.after_transport_failure` returned.
+    :param settings: the connection settings whose cached token a 401 invalidates.
+    :param log: the logger of the hook that sends the request (standard library or structlog).
+    :return: the wait in seconds before a retry, or ``None`` when the next attempt follows
+        at once with a new token (after a 401).
+    :raises SepaExportApiError: the decision's error when the decision is to raise.
+    """
+    if decision.action is Action.REAUTHENTICATE:
+        log.warning("%s returned HTTP 401; fetching a new access token and repeating once.", attempts.endpoint)
+        payloads.TOKEN_CACHE.discard(settings)
+        return None
+    if decision.action is Action.RETRY:
+        log.warning(
+            "%s failed on attempt %d of %d; retrying in %.1f s.",
+            attempts.endpoint,
+            attempts.attempts,
+            attempts.policy.max_attempts,
+            decision.delay,
+        )
+        return decision.delay
+    if decision.error is None:
+        raise ValueError(f"Decision {decision.action.value!r} has no next attempt and no error to raise.")
+    raise decision.error
 
 
 def describe_error_body(body: str) -> str:

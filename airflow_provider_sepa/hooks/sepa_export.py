@@ -14,15 +14,16 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 from airflow_provider_sepa.core import endpoints, payloads
-from airflow_provider_sepa.core.errors import (
-    SepaExportConfigError,
-    SepaExportDownloadError,
-    SepaExportError,
-    SepaExportJobNotFoundError,
-)
+from airflow_provider_sepa.core.errors import SepaExportDownloadError, SepaExportError, redact
 from airflow_provider_sepa.core.files import LOCAL_SCHEMES, DownloadedFile, check_destination, default_file_name
 from airflow_provider_sepa.core.jobs import ExportJob
-from airflow_provider_sepa.core.retry import Action, RequestAttempts, RetryPolicy, TransportFailure
+from airflow_provider_sepa.core.retry import (
+    Action,
+    RequestAttempts,
+    RetryPolicy,
+    TransportFailure,
+    prepare_next_attempt,
+)
 
 if TYPE_CHECKING:
     import requests
@@ -107,10 +108,7 @@ class SepaExportHook(BaseHook):
         try:
             conn = self.get_connection(self.emporix_conn_id)
         except AirflowNotFoundException:
-            raise SepaExportConfigError(
-                f"Connection {self.emporix_conn_id!r} is not defined. Create it in the Airflow UI "
-                f"(type 'emporix') or set AIRFLOW_CONN_{self.emporix_conn_id.upper()} to its JSON form."
-            ) from None
+            raise endpoints.missing_connection_error(self.emporix_conn_id) from None
         settings = endpoints.ConnectionSettings.from_fields(
             conn_id=self.emporix_conn_id,
             host=conn.host,
@@ -205,41 +203,24 @@ class SepaExportHook(BaseHook):
             else:
                 body = "" if response.ok else _read_error_body(response, stream)
                 # A gateway may echo the request in its error page, and the body goes into the exception.
-                body = _redact(body, self.settings.client_secret, token)
+                body = redact(body, self.settings.client_secret, token)
                 decision = attempts.after_response(response.status_code, body, response.headers.get("Retry-After"))
                 if decision.action is Action.RETURN:
                     return response
                 response.close()
 
-            if decision.action is Action.REAUTHENTICATE:
-                self.log.warning("%s returned HTTP 401; fetching a new access token and repeating once.", endpoint)
-                payloads.TOKEN_CACHE.discard(self.settings)
-                continue
-            if decision.action is Action.RETRY:
-                self.log.warning(
-                    "%s failed on attempt %d of %d; retrying in %.1f s.",
-                    endpoint,
-                    attempts.attempts,
-                    self.retry_policy.max_attempts,
-                    decision.delay,
-                )
-                self._sleep(decision.delay)
-                continue
-            assert decision.error is not None
-            raise decision.error
+            delay = prepare_next_attempt(attempts, decision, settings=self.settings, log=self.log)
+            if delay is not None:
+                self._sleep(delay)
 
     @staticmethod
     def _json(response: requests.Response, endpoint: str, resource_id: str, *, quote_body: bool = True) -> Any:
         """Decode a JSON body. With ``quote_body=False`` the error leaves out the body, which may contain a token."""
-        from airflow_provider_sepa.core.errors import SepaExportResponseError, truncate_body
-
         try:
             return response.json()
         except ValueError:
-            detail = "the body is not JSON."
-            if quote_body:
-                detail = f"the body is not JSON: {truncate_body(response.text)!r}"
-            raise SepaExportResponseError(endpoint, response.status_code, detail, resource_id=resource_id) from None
+            body = response.text if quote_body else None
+            raise payloads.not_json_error(endpoint, response.status_code, resource_id, body) from None
 
     # -- jobs -------------------------------------------------------------------------
 
@@ -309,10 +290,7 @@ class SepaExportHook(BaseHook):
         for job in self.iter_jobs(site_code, page_size=page_size):
             if job.job_id == job_id:
                 return job
-        raise SepaExportJobNotFoundError(
-            f"Export job {job_id} is not in the job list of site {site_code!r} (GET /sepa-export/"
-            f"{self.settings.tenant}/jobs). Check that the job id belongs to this site and tenant."
-        )
+        raise payloads.job_not_found_error(job_id, site_code, self.settings.tenant)
 
     def find_jobs_created_since(self, site_code: str, since: datetime) -> list[ExportJob]:
         """Return the site's jobs created at or after ``since``, newest first.
@@ -441,14 +419,6 @@ def _classify_connection_error(error: Exception) -> TransportFailure:
     if isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.NameResolutionError)):
         return TransportFailure.CONNECT
     return TransportFailure.DISCONNECTED
-
-
-def _redact(text: str, *secrets: str | None) -> str:
-    """Replace every occurrence of the given secrets in ``text`` with ``***``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 def _read_error_body(response: requests.Response, streamed: bool, limit: int = 4096) -> str:
