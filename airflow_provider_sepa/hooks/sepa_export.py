@@ -1,12 +1,13 @@
-"""Synchronous hook for the Emporix SEPA Export API, built on ``requests``."""
+"""Hooks for the Emporix SEPA Export API: the sync hook on ``requests`` and the async hook on ``httpx``."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from airflow_provider_sepa.core.retry import (
 )
 
 if TYPE_CHECKING:
+    import httpx
     import requests
 
     from airflow.sdk import ObjectStoragePath
@@ -545,3 +547,224 @@ def _publish_storage(staged: str, target: Any, digest: str, file_id: str) -> str
             pass
         raise
     return str(target)
+
+
+async def _amask_secret(value: str) -> None:
+    from airflow.sdk.log import amask_secret
+
+    await amask_secret(value)
+
+
+class SepaExportAsyncHook(BaseHook):
+    """Read the job list of the Emporix SEPA Export API from an asyncio event loop.
+
+    The trigger uses this hook. All requests go through one ``httpx.AsyncClient``, so
+    every poll shares one connection pool, and the access token comes from the same
+    process-wide cache as the sync hook's. Each request follows the retry rules of
+    :class:`SepaExportHook`, through the same :class:`RequestAttempts`.
+
+    No method blocks the event loop: the connection comes from ``aget_connection``, its
+    Extra field is parsed from the raw JSON instead of ``extra_dejson`` (which masks
+    secrets with a blocking call), secrets are masked with ``amask_secret``, and the HTTP
+    client, whose TLS setup reads certificate files, is built in a worker thread.
+
+    Use it as an async context manager, or await :meth:`aclose` when done.
+
+    :param emporix_conn_id: id of the Airflow connection.
+    :param connect_timeout: seconds to wait for a TCP connection.
+    :param read_timeout: seconds to wait for the server between two reads.
+    :param retry_policy: backoff for the requests; the default sends each request at most
+        five times, like the sync hook.
+    :param sleep: coroutine function that waits the given seconds between retries.
+    :param transport: the httpx transport to send requests through, such as
+        ``httpx.MockTransport`` in tests; ``None`` uses the network.
+    """
+
+    def __init__(
+        self,
+        emporix_conn_id: str = endpoints.DEFAULT_CONN_ID,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        retry_policy: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__()
+        self.emporix_conn_id = emporix_conn_id
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._sleep = sleep
+        self._transport = transport
+        self._settings: endpoints.ConnectionSettings | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> SepaExportAsyncHook:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client and its connection pool."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def get_settings(self) -> endpoints.ConnectionSettings:
+        """Return the validated connection settings, looking the connection up on the first call.
+
+        :raises SepaExportConfigError: when the connection is missing or invalid.
+        """
+        if self._settings is not None:
+            return self._settings
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            conn = await self.aget_connection(self.emporix_conn_id)
+        except AirflowNotFoundException:
+            raise endpoints.missing_connection_error(self.emporix_conn_id) from None
+        settings = endpoints.ConnectionSettings.from_fields(
+            conn_id=self.emporix_conn_id,
+            host=conn.host,
+            port=conn.port,
+            login=conn.login,
+            password=conn.password,
+            extra=conn.extra,
+        )
+        await _amask_secret(settings.client_secret)
+        self._settings = settings
+        return settings
+
+    async def _get_client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = await asyncio.to_thread(self._build_client)
+        return self._client
+
+    def _build_client(self) -> httpx.AsyncClient:
+        import httpx
+
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self.read_timeout, connect=self.connect_timeout),
+            headers={"User-Agent": "airflow-provider-sepa"},
+            follow_redirects=False,
+            transport=self._transport,
+        )
+
+    # -- requests ---------------------------------------------------------------------
+
+    async def get_token(self) -> str:
+        """Return a valid access token, fetching a new one when the cached one is close to expiry."""
+        settings = await self.get_settings()
+        cached = payloads.TOKEN_CACHE.get(settings)
+        if cached is not None:
+            return cached.value
+        return (await self._fetch_token()).value
+
+    async def _fetch_token(self) -> payloads.AccessToken:
+        settings = await self.get_settings()
+        resource_id = f"client {settings.client_id}"
+        response = await self._send(
+            "POST",
+            settings.token_url,
+            endpoints.TOKEN_ENDPOINT,
+            idempotent=True,
+            authenticated=False,
+            resource_id=resource_id,
+            data=settings.token_form(),
+        )
+        # SepaExportHook._json reads only json() and text, which httpx responses have too.
+        payload = SepaExportHook._json(response, endpoints.TOKEN_ENDPOINT, resource_id=resource_id, quote_body=False)
+        token = payloads.parse_token_response(payload)
+        await _amask_secret(token.value)
+        payloads.TOKEN_CACHE.put(settings, token)
+        self.log.info("Fetched an access token for client %s, valid for %d s.", settings.client_id, token.lifetime)
+        return token
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        endpoint: str,
+        *,
+        idempotent: bool,
+        resource_id: str | None = None,
+        authenticated: bool = True,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """Send a request under the shared retry rules and return the 2xx response."""
+        import httpx
+
+        settings = await self.get_settings()
+        client = await self._get_client()
+        attempts = RequestAttempts(
+            self.retry_policy, endpoint, idempotent=idempotent, resource_id=resource_id, authenticated=authenticated
+        )
+        while True:
+            attempts.start_attempt()
+            token = await self.get_token() if authenticated else None
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            try:
+                response = await client.request(method, url, headers=headers, **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+                decision = attempts.after_transport_failure(TransportFailure.CONNECT, type(error).__name__)
+            except (httpx.ReadTimeout, httpx.WriteTimeout) as error:
+                decision = attempts.after_transport_failure(TransportFailure.READ_TIMEOUT, type(error).__name__)
+            except httpx.TransportError as error:
+                # ReadError, WriteError, RemoteProtocolError: the connection broke while or after sending.
+                decision = attempts.after_transport_failure(TransportFailure.DISCONNECTED, type(error).__name__)
+            else:
+                # The sync hook reads the body unless Response.ok (status < 400), so both quote the same bodies.
+                failed = response.status_code >= 400
+                body = _read_error_body(response, streamed=False) if failed else ""
+                body = redact(body, settings.client_secret, token)
+                decision = attempts.after_response(response.status_code, body, response.headers.get("Retry-After"))
+                if decision.action is Action.RETURN:
+                    return response
+                await response.aclose()
+
+            delay = prepare_next_attempt(attempts, decision, settings=settings, log=self.log)
+            if delay is not None:
+                await self._sleep(delay)
+
+    # -- jobs -------------------------------------------------------------------------
+
+    async def list_jobs(
+        self, site_code: str, page_number: int = 1, page_size: int = 16, sort: str = "DESC"
+    ) -> list[ExportJob]:
+        """Return one page of the site's export jobs, newest first unless ``sort="ASC"``.
+
+        :param site_code: the site whose jobs are listed.
+        :param page_number: the page, starting at 1.
+        :param page_size: jobs per page.
+        :param sort: ``"DESC"`` for newest first or ``"ASC"`` for oldest first.
+        """
+        params = endpoints.list_params(site_code, page_number, page_size, sort)
+        settings = await self.get_settings()
+        resource_id = f"site {site_code}"
+        response = await self._send(
+            "GET", settings.jobs_url(), endpoints.LIST_ENDPOINT, idempotent=True, resource_id=resource_id, params=params
+        )
+        payload = SepaExportHook._json(response, endpoints.LIST_ENDPOINT, resource_id=resource_id)
+        return payloads.parse_job_list(payload, site_code)
+
+    async def get_job(self, site_code: str, job_id: str, page_size: int = 50) -> ExportJob:
+        """Return one job of a site, following pages of the job list until it appears.
+
+        :param site_code: the site the job belongs to.
+        :param job_id: the id returned by the create endpoint.
+        :param page_size: jobs per page. :class:`payloads.PageWalk` decides when the walk ends.
+        :raises SepaExportJobNotFoundError: when no page lists the job.
+        """
+        job_id = endpoints.validate_job_id(job_id)
+        walk = payloads.PageWalk(page_size=page_size)
+        while True:
+            page = await self.list_jobs(site_code, page_number=walk.page_number, page_size=page_size)
+            job = payloads.find_job_in_page(page, job_id)
+            if job is not None:
+                return job
+            if not walk.next_page(page):
+                break
+        settings = await self.get_settings()
+        raise payloads.job_not_found_error(job_id, site_code, settings.tenant)
