@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 from airflow_provider_sepa.core import endpoints, payloads
-from airflow_provider_sepa.core.errors import SepaExportDownloadError, SepaExportError, redact
+from airflow_provider_sepa.core.errors import (
+    SepaExportCreateOutcomeUnknownError,
+    SepaExportDownloadError,
+    SepaExportError,
+    SepaExportResponseError,
+    redact,
+)
 from airflow_provider_sepa.core.files import LOCAL_SCHEMES, DownloadedFile, check_destination, default_file_name
 from airflow_provider_sepa.core.jobs import ExportJob
 from airflow_provider_sepa.core.retry import (
@@ -244,8 +250,18 @@ class SepaExportHook(BaseHook):
             resource_id=f"site {site_code}",
             json={"siteCode": site_code},
         )
-        payload = self._json(response, endpoints.CREATE_ENDPOINT, resource_id=f"site {site_code}")
-        job_id = payloads.parse_created_job_id(payload, site_code)
+        try:
+            payload = self._json(response, endpoints.CREATE_ENDPOINT, resource_id=f"site {site_code}")
+            job_id = payloads.parse_created_job_id(payload, site_code)
+        except SepaExportResponseError as error:
+            # The server accepted the request, so a job may exist although its id is unreadable.
+            raise SepaExportCreateOutcomeUnknownError(
+                endpoints.CREATE_ENDPOINT,
+                response.status_code,
+                error.detail,
+                resource_id=f"site {site_code}",
+                hint="The job may have been created; look it up before creating another.",
+            ) from None
         self.log.info("Created export job %s for site %s.", job_id, site_code)
         return job_id
 

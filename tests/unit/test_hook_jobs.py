@@ -266,10 +266,11 @@ class TestSepaExportHookCreateJob:
     def test_create_job_bad_reply(self, hook, api, requests_mock, token_endpoint, response):
         requests_mock.post(api.jobs_url, status_code=201, **response)
 
-        with pytest.raises(SepaExportResponseError) as caught:
+        with pytest.raises(SepaExportCreateOutcomeUnknownError) as caught:
             hook.create_job(SITE_CODE)
 
         assert f"site {SITE_CODE}" in str(caught.value)
+        assert "HTTP 201" in str(caught.value)
         assert len(calls_to(requests_mock, "POST", api.jobs_url)) == 1
 
     @pytest.mark.parametrize(
