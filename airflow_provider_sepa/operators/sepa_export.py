@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, conf
 
-from airflow_provider_sepa.core import endpoints
+from airflow_provider_sepa.core import endpoints, waiting
 from airflow_provider_sepa.core.errors import (
     SepaExportConflictError,
     SepaExportCreateOutcomeUnknownError,
@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 #: How far the API server's clock may run behind the worker's, in seconds, when the
 #: operator looks for a job created earlier in the same DAG run.
 DEFAULT_CLOCK_SKEW = 60.0
+
+#: Advice appended to the message when waiting for a job ends at the timeout.
+WAIT_TIMEOUT_HINT = (
+    "The job keeps running in Emporix; wait for it with SepaExportJobSensor instead of starting a new one."
+)
 
 
 def _positive_seconds(value: Any, name: str) -> float:
@@ -54,6 +59,12 @@ class SepaExportCreateJobOperator(BaseOperator):
     The job id is pushed to XCom under the key ``job_id`` as soon as it is known, before
     any waiting, and is also the return value.
 
+    With ``deferrable=True`` and ``wait_for_completion=True``, the operator checks the job
+    once and, while it runs, hands the waiting to
+    :class:`~airflow_provider_sepa.triggers.sepa_export.SepaExportJobTrigger`, freeing the
+    worker slot. The wait ends the same way as in the worker: with the same XCom values or
+    the same exception class.
+
     :param site_code: the Emporix site whose orders are exported. (templated)
     :param emporix_conn_id: id of the Airflow connection of type ``emporix``. (templated)
     :param wait_for_completion: wait until the job has finished and fail if it failed;
@@ -63,6 +74,9 @@ class SepaExportCreateJobOperator(BaseOperator):
         ``wait_for_completion``, for the job to finish.
     :param clock_skew: seconds of tolerance when comparing the API's job creation times
         with the start of the DAG run.
+    :param deferrable: wait for the job in the triggerer instead of the worker; only used
+        with ``wait_for_completion``. Defaults to the ``[operators] default_deferrable``
+        option of the Airflow configuration.
     """
 
     template_fields: Sequence[str] = ("site_code", "emporix_conn_id")
@@ -77,6 +91,7 @@ class SepaExportCreateJobOperator(BaseOperator):
         poll_interval: float | timedelta = 30.0,
         timeout: float | timedelta = 6 * 3600.0,
         clock_skew: float | timedelta = DEFAULT_CLOCK_SKEW,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -86,6 +101,8 @@ class SepaExportCreateJobOperator(BaseOperator):
         self.poll_interval = _positive_seconds(poll_interval, "poll_interval")
         self.timeout = _positive_seconds(timeout, "timeout")
         self.clock_skew = _positive_seconds(clock_skew, "clock_skew")
+        self.deferrable = deferrable
+        self._last_status: str | None = None
 
     def _make_hook(self) -> SepaExportHook:
         from airflow_provider_sepa.hooks.sepa_export import SepaExportHook
@@ -101,7 +118,10 @@ class SepaExportCreateJobOperator(BaseOperator):
             job_id = self._start_or_adopt(hook, site_code, context, deadline)
             context["ti"].xcom_push(key="job_id", value=job_id)
             if self.wait_for_completion:
-                job = self._wait(hook, site_code, job_id, deadline)
+                if self.deferrable:
+                    job = self._check_or_defer(hook, site_code, job_id, deadline)
+                else:
+                    job = self._wait(hook, site_code, job_id, deadline)
                 context["ti"].xcom_push(key="job", value=job.to_dict())
         finally:
             hook.close()
@@ -181,34 +201,106 @@ class SepaExportCreateJobOperator(BaseOperator):
 
     # -- waiting ------------------------------------------------------------------------
 
+    def _check_job(self, hook: SepaExportHook, site_code: str, job_id: str) -> ExportJob | None:
+        """Look the job up once and return it, or ``None`` while the job list does not show it yet.
+
+        :raises SepaExportJobFailedError: when the job has ended without a file.
+        """
+        try:
+            job = hook.get_job(site_code, job_id)
+        except SepaExportJobNotFoundError:
+            return None
+        if job.status != self._last_status:
+            self.log.info("Export job %s of site %s has status %s.", job_id, site_code, job.status)
+            self._last_status = job.status
+        job.raise_if_failed()
+        if job.state is JobState.SUCCEEDED:
+            self._log_finished(job)
+        return job
+
+    def _log_finished(self, job: ExportJob) -> None:
+        self.log.info(
+            "Export job %s finished: %s orders, file %s.", job.job_id, job.orders_exported_count, job.file_id
+        )
+
     def _wait(self, hook: SepaExportHook, site_code: str, job_id: str, deadline: float) -> ExportJob:
         started = time.monotonic()
-        last_status: str | None = None
         while True:
-            try:
-                job = hook.get_job(site_code, job_id)
-            except SepaExportJobNotFoundError:
-                job = None
-            if job is not None:
-                if job.status != last_status:
-                    self.log.info("Export job %s of site %s has status %s.", job_id, site_code, job.status)
-                    last_status = job.status
-                job.raise_if_failed()
-                if job.state is JobState.SUCCEEDED:
-                    self.log.info(
-                        "Export job %s finished: %s orders, file %s.", job_id, job.orders_exported_count, job.file_id
-                    )
-                    return job
+            job = self._check_job(hook, site_code, job_id)
+            if job is not None and job.state is JobState.SUCCEEDED:
+                return job
 
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                seen = f"last status {last_status}" if job is not None else "the job never appeared in the job list"
-                raise SepaExportTimeoutError(
-                    f"Export job {job_id} of site {site_code!r} did not finish within "
-                    f"{time.monotonic() - started:.0f} s ({seen}). The job keeps running in Emporix; "
-                    "wait for it with SepaExportJobSensor instead of starting a new one."
+                message = waiting.wait_timeout_message(
+                    job_id, site_code, time.monotonic() - started, self._last_status, listed=job is not None
                 )
+                raise SepaExportTimeoutError(f"{message} {WAIT_TIMEOUT_HINT}")
             time.sleep(min(self.poll_interval, remaining))
+
+    def _check_or_defer(self, hook: SepaExportHook, site_code: str, job_id: str, deadline: float) -> ExportJob:
+        """Check the job once and return it if it has succeeded, or else defer to the trigger.
+
+        :param hook: the sync hook for the check.
+        :param site_code: the site of the job.
+        :param job_id: the job to wait for.
+        :param deadline: the end of the task's timeout on the monotonic clock. The trigger
+            gets it as wall-clock time, because it may run in another process.
+        """
+        from airflow_provider_sepa.triggers.sepa_export import SepaExportJobTrigger
+
+        started_at = time.time()
+        wall_deadline = started_at + (deadline - time.monotonic())
+        job = self._check_job(hook, site_code, job_id)
+        if job is not None and job.state is JobState.SUCCEEDED:
+            return job
+        if started_at >= wall_deadline:
+            # The wait for a free job slot used up the timeout, so the check above was the last one.
+            message = waiting.wait_timeout_message(job_id, site_code, 0.0, self._last_status, listed=job is not None)
+            raise SepaExportTimeoutError(f"{message} {WAIT_TIMEOUT_HINT}")
+
+        self.log.info("Export job %s of site %s is running; deferring the wait to the triggerer.", job_id, site_code)
+        self.defer(
+            trigger=SepaExportJobTrigger(
+                site_code=site_code,
+                job_id=job_id,
+                deadline=wall_deadline,
+                started_at=started_at,
+                emporix_conn_id=self.emporix_conn_id,
+                poll_interval=self.poll_interval,
+            ),
+            method_name="execute_complete",
+            kwargs={"job_id": job_id, "deadline": wall_deadline},
+            timeout=timedelta(seconds=wall_deadline - started_at + waiting.DEFERRAL_TIMEOUT_MARGIN),
+        )
+
+    def execute_complete(
+        self,
+        context: Context,
+        event: dict[str, Any] | None = None,
+        job_id: str | None = None,
+        deadline: float | None = None,
+    ) -> str:
+        """Finish the task when the trigger has fired: push the job and return its id.
+
+        Fails closed: only a success event for a succeeded job with a file id returns.
+
+        :param context: the task context.
+        :param event: the trigger's event payload.
+        :param job_id: the job the task deferred for; an event about another job raises.
+        :param deadline: the wall-clock end of the wait in seconds since the epoch, fixed
+            when the task first started waiting. The trigger has already enforced it.
+        :raises SepaExportJobFailedError: when the job ended without a file.
+        :raises SepaExportTimeoutError: when the job did not finish before the deadline.
+        :raises SepaExportError: the exception class the trigger reported, for API errors.
+        """
+        try:
+            job = waiting.job_from_event(event, job_id)
+        except SepaExportTimeoutError as error:
+            raise SepaExportTimeoutError(f"{error} {WAIT_TIMEOUT_HINT}") from None
+        self._log_finished(job)
+        context["ti"].xcom_push(key="job", value=job.to_dict())
+        return job.job_id
 
 
 class SepaExportDownloadOperator(BaseOperator):
