@@ -64,7 +64,7 @@ def sepa_export_nightly():
             job_id=create.output,
             poke_interval=POLL_SECONDS,
             timeout=timedelta(hours=6),
-            mode="reschedule",
+            deferrable=True,
         )
         SepaExportDownloadOperator(task_id="download_file", file_id=wait.output["file_id"], destination=destination)
 

@@ -40,6 +40,7 @@ def sepa_export_on_demand():
         job_id=create.output,
         poke_interval=POLL_SECONDS,
         timeout=timedelta(hours=6),
+        deferrable=True,
     )
     SepaExportDownloadOperator(
         task_id="download_file",

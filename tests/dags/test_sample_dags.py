@@ -43,6 +43,14 @@ class TestSampleDagImport:
         assert len(creates) == 1
         assert creates[0].pool == "sepa_export"
 
+    @pytest.mark.parametrize("dag_id", ["sepa_export_nightly", "sepa_export_on_demand"])
+    def test_sensor_waits_deferred(self, dagbag, dag_id):
+        dag = dagbag.dags[dag_id]
+        sensors = [task for task in dag.tasks if task.task_id.endswith("wait_for_job")]
+
+        assert len(sensors) == 1
+        assert sensors[0].deferrable is True
+
     def test_on_demand_has_site_param(self, dagbag):
         dag = dagbag.dags["sepa_export_on_demand"]
 
