@@ -14,20 +14,29 @@ from typing import Any
 import httpx
 import pytest
 
+from airflow_provider_sepa.core.errors import SepaExportJobNotFoundError
 from airflow_provider_sepa.core.payloads import TOKEN_CACHE
 from airflow_provider_sepa.core.retry import RetryPolicy
-from airflow_provider_sepa.hooks.sepa_export import SepaExportAsyncHook
+from airflow_provider_sepa.hooks.sepa_export import SepaExportAsyncHook, SepaExportHook
 from airflow_provider_sepa.triggers.sepa_export import SepaExportJobTrigger
 
 SITE_CODE = "main"
 JOB_ID = "884cf047-94a2-42ae-8a89-7084c3259ef2"
 FILE_ID = "7739a523-cbc9-446b-b254-378d37312fbb"
 TRIGGER_PATH = "airflow_provider_sepa.triggers.sepa_export.SepaExportJobTrigger"
-BODY_401_EXPIRED = {"fault": {"faultstring": "Access Token expired", "detail": {"errorcode": "keymanagement.service.access_token_expired"}}}
+BODY_401_EXPIRED = {
+    "fault": {"faultstring": "Access Token expired", "detail": {"errorcode": "keymanagement.service.access_token_expired"}}
+}
 
 
 def running_job(job_id: str = JOB_ID) -> dict[str, Any]:
-    return {"jobId": job_id, "status": "IN_PROGRESS", "siteCode": SITE_CODE, "active": True, "createdAt": "2026-12-04T06:55:43.015Z"}
+    return {
+        "jobId": job_id,
+        "status": "IN_PROGRESS",
+        "siteCode": SITE_CODE,
+        "active": True,
+        "createdAt": "2026-12-04T06:55:43.015Z",
+    }
 
 
 def finished_job(job_id: str = JOB_ID, status: str = "COMPLETED", file_id: str | None = FILE_ID) -> dict[str, Any]:
@@ -473,7 +482,9 @@ class TestTriggerErrors:
         assert "AIRFLOW_CONN_EMPORIX_MISSING" in events[0]["message"]
 
     def test_invalid_connection_extra(self, monkeypatch, api, hooks_built):
-        connection = {"conn_type": "emporix", "host": api.base_url, "login": "id", "password": "pw", "extra": "{not json"}
+        connection = {
+            "conn_type": "emporix", "host": api.base_url, "login": "id", "password": "pw", "extra": "{not json"
+        }
         monkeypatch.setenv("AIRFLOW_CONN_EMPORIX_DEFAULT", json.dumps(connection))
 
         events = run_trigger(make_trigger())
@@ -525,3 +536,130 @@ def test_trigger_module_imports_no_http_client():
 
     assert "airflow_provider_sepa.triggers.sepa_export" in added
     assert [name for name in added if name.split(".")[0] in ("httpx", "httpcore", "requests", "urllib3")] == []
+
+
+def scripted_transport(list_responses: list[httpx.Response]) -> httpx.MockTransport:
+    """Return a transport that issues tokens and serves ``list_responses`` in order, the last one repeatedly."""
+    served = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth/token":
+            token = {"access_token": "async-token-Hy71q", "token_type": "Bearer", "expires_in": 3600}
+            return httpx.Response(200, json=token)
+        served.append(request)
+        return list_responses[min(len(served), len(list_responses)) - 1]
+
+    return httpx.MockTransport(handle)
+
+
+# Each case: the list responses in order (the last one repeats), as (status, headers, body).
+HOOK_PARITY_CASES = {
+    "ok": [(200, {}, [finished_job()])],
+    "429-then-ok": [(429, {"Retry-After": "4"}, {"message": "slow down"}), (200, {}, [finished_job()])],
+    "503-then-ok": [(503, {}, "<html>unavailable</html>"), (200, {}, [finished_job()])],
+    "502-always": [(502, {}, "<html>Bad Gateway</html>")],
+    "retry-after-too-long": [(503, {"Retry-After": "3600"}, "maintenance")],
+    "400": [(400, {}, {"message": "Bad Request", "_embedded": {"errors": [{"message": "siteCode invalid"}]}})],
+    "401-twice": [(401, {}, BODY_401_EXPIRED)],
+    "403": [(403, {}, {"message": "forbidden", "details": ["Missing required scopes"]})],
+    "404": [(404, {}, {"message": "tenant not found"})],
+    "418": [(418, {}, "teapot")],
+    "not-json": [(200, {}, "<html>portal</html>")],
+    "not-a-list": [(200, {}, {"jobs": []})],
+    "job-without-id": [(200, {}, [{"status": "DONE"}])],
+    "redirect": [(302, {"Location": "https://elsewhere.example.test/"}, "")],
+}
+
+
+def as_body(body: Any) -> dict[str, Any]:
+    if isinstance(body, str):
+        return {"text": body}
+    return {"json": body}
+
+
+class TestHookParity:
+    """The async hook ends each list request as the sync hook does: same jobs, waits, error class and message."""
+
+    @pytest.mark.parametrize("case", list(HOOK_PARITY_CASES), ids=list(HOOK_PARITY_CASES))
+    @pytest.mark.asyncio
+    async def test_list_jobs_same_end(self, api, requests_mock, case):
+        responses = HOOK_PARITY_CASES[case]
+        requests_mock.post(
+            api.token_url, json={"access_token": "sync-token-Kw93x", "token_type": "Bearer", "expires_in": 3600}
+        )
+        scripted = [{"status_code": status, "headers": headers, **as_body(body)} for status, headers, body in responses]
+        requests_mock.get(api.jobs_url, scripted)
+        sync_waits: list[float] = []
+        sync_policy = RetryPolicy(max_attempts=3, rng=random.Random(5))
+        sync_hook = SepaExportHook(retry_policy=sync_policy, sleep=sync_waits.append)
+        async_waits: list[float] = []
+
+        async def record_wait(seconds: float) -> None:
+            async_waits.append(seconds)
+
+        transport = scripted_transport(
+            [httpx.Response(status, headers=headers, **as_body(body)) for status, headers, body in responses]
+        )
+        try:
+            sync_result = sync_hook.list_jobs(SITE_CODE)
+        except Exception as error:  # noqa: BLE001 - compared with the async hook's result below
+            sync_result = error
+        TOKEN_CACHE.clear()
+        async with SepaExportAsyncHook(
+            retry_policy=RetryPolicy(max_attempts=3, rng=random.Random(5)), sleep=record_wait, transport=transport
+        ) as async_hook:
+            try:
+                async_result = await async_hook.list_jobs(SITE_CODE)
+            except Exception as error:  # noqa: BLE001 - compared with the sync hook's result above
+                async_result = error
+
+        assert type(async_result) is type(sync_result)
+        if isinstance(sync_result, Exception):
+            assert str(async_result) == str(sync_result)
+        else:
+            assert async_result == sync_result
+        assert async_waits == sync_waits
+
+    @pytest.mark.asyncio
+    async def test_get_job_not_found_same_message(self, api, requests_mock):
+        requests_mock.post(api.token_url, json={"access_token": "sync-token-Kw93x", "expires_in": 3600})
+        requests_mock.get(api.jobs_url, json=[finished_job("another-job")])
+        transport = scripted_transport([httpx.Response(200, json=[finished_job("another-job")])])
+
+        with pytest.raises(SepaExportJobNotFoundError) as sync_error:
+            SepaExportHook().get_job(SITE_CODE, JOB_ID)
+        async with SepaExportAsyncHook(transport=transport) as async_hook:
+            with pytest.raises(SepaExportJobNotFoundError) as async_error:
+                await async_hook.get_job(SITE_CODE, JOB_ID)
+
+        assert str(async_error.value) == str(sync_error.value)
+
+    @pytest.mark.asyncio
+    async def test_list_jobs_query(self, api):
+        transport_requests: list[httpx.Request] = []
+
+        def handle(request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/oauth/token":
+                return httpx.Response(200, json={"access_token": "async-token-Hy71q", "expires_in": 3600})
+            transport_requests.append(request)
+            return httpx.Response(200, json=[])
+
+        async with SepaExportAsyncHook(transport=httpx.MockTransport(handle)) as async_hook:
+            jobs = await async_hook.list_jobs(SITE_CODE, page_number=3, page_size=7, sort="ASC")
+
+        assert jobs == []
+        assert dict(transport_requests[0].url.params) == {
+            "siteCode": SITE_CODE, "pageNumber": "3", "pageSize": "7", "sort": "ASC",
+        }
+        assert transport_requests[0].headers["Authorization"] == "Bearer async-token-Hy71q"
+        assert transport_requests[0].headers["User-Agent"] == "airflow-provider-sepa"
+
+    @pytest.mark.asyncio
+    async def test_aclose_twice(self, api):
+        hook = SepaExportAsyncHook(transport=scripted_transport([httpx.Response(200, json=[])]))
+        await hook.list_jobs(SITE_CODE)
+
+        await hook.aclose()
+        await hook.aclose()
+
+        assert hook._client is None
