@@ -131,7 +131,9 @@ class SepaExportJobSensor(BaseSensorOperator):
 
         started_at = time.time() - waited
         deadline = started_at + self.timeout
-        self.log.info("Export job %s of site %s is not finished; deferring the wait to the triggerer.", job_id, site_code)
+        self.log.info(
+            "Export job %s of site %s is not finished; deferring the wait to the triggerer.", job_id, site_code
+        )
         self.defer(
             trigger=SepaExportJobTrigger(
                 site_code=site_code,

@@ -106,7 +106,9 @@ class SepaExportJobTrigger(BaseTrigger):
             return {"status": waiting.EVENT_ERROR, "message": str(error), "error_type": type(error).__name__}
         except Exception as error:
             # An unexpected error still yields one event, so the task resumes and fails with the message.
-            self.log.exception("Unexpected error while waiting for export job %s of site %s.", self.job_id, self.site_code)
+            self.log.exception(
+                "Unexpected error while waiting for export job %s of site %s.", self.job_id, self.site_code
+            )
             return {
                 "status": waiting.EVENT_ERROR,
                 "message": f"Unexpected {type(error).__name__} while waiting for export job {self.job_id}: {error}",
@@ -148,7 +150,9 @@ class SepaExportJobTrigger(BaseTrigger):
                 raise SepaExportJobNotFoundError(
                     waiting.job_missing_message(error, waited, self.job_not_found_timeout)
                 ) from None
-            self.log.warning("Export job %s is not listed for site %s yet; checking again.", self.job_id, self.site_code)
+            self.log.warning(
+                "Export job %s is not listed for site %s yet; checking again.", self.job_id, self.site_code
+            )
             return None
 
     def _event_for_finished(self, job: ExportJob) -> dict[str, Any] | None:

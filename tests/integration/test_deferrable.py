@@ -269,7 +269,7 @@ class TestSensorParity:
     def test_job_on_later_page(self, emulator):
         job_id = SepaExportHook().create_job("main")
         filler = [
-            {"jobId": f"filler-{index}", "status": "COMPLETED", "siteCode": "main", "active": False, "fileId": f"f-{index}"}
+            {"jobId": f"filler-{index}", "status": "COMPLETED", "siteCode": "main", "active": False, "fileId": "f"}
             for index in range(60)
         ]
         emulator.state.add_request_hook(list_rewriter(emulator, lambda jobs: filler + jobs))
