@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,7 +145,13 @@ def _print_summary(checks: list[ExportCheck], root: Path) -> None:
 
 
 def run_demo(
-    dags_folder: Path, output: Path, dag_id: str, sites: list[str], job_duration: float, conf: str | None = None
+    dags_folder: Path,
+    output: Path,
+    dag_id: str,
+    sites: list[str],
+    job_duration: float,
+    conf: str | None = None,
+    faults: list[str] | None = None,
 ) -> int:
     """Run the demo and return the process exit code."""
     from airflow_provider_sepa.emulator.config import EmulatorConfig
@@ -154,7 +161,7 @@ def run_demo(
     output = output.resolve()
     _prepare_output(output)
 
-    config = EmulatorConfig(sites=tuple(sites), job_duration_seconds=job_duration)
+    config = EmulatorConfig(sites=tuple(sites), job_duration_seconds=job_duration, faults=tuple(faults or ()))
     home = Path(tempfile.mkdtemp(prefix="sepa-demo-airflow-"))
     log = home / "airflow-output.log"
     with EmulatorServer(config) as server:
@@ -182,11 +189,14 @@ def run_demo(
         leaked = [secret for secret in [config.client_secret, *server.state.issued_tokens()] if secret in dag_output]
         checks = check_exports(output, sites, server.state)
         jobs = server.state.job_count()
+        fired = Counter(spec for entry in server.state.request_log() for spec in entry["faults"])
 
     print()
     _print_summary(checks, Path.cwd())
     print()
     print(f"Export jobs created on the emulator: {jobs} for {len(sites)} sites.")
+    if faults:
+        print("Injected faults: " + ", ".join(f"{spec} acted {fired[spec]} times" for spec in faults) + ".")
     failed = any(check.problems for check in checks) or jobs != len(sites)
     if leaked:
         print(f"FAILED: the DAG output contains {len(leaked)} secret value(s); see {log}")
@@ -209,9 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sites", default=",".join(DEFAULT_SITES), help="comma-separated site codes")
     parser.add_argument("--job-duration", type=float, default=2.0, help="seconds an export job runs")
     parser.add_argument("--conf", help="JSON run configuration passed to `airflow dags test --conf`")
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        help="fault for the emulator to inject, such as any:503:every=3 (repeatable; see docs/emulator.md)",
+    )
     args = parser.parse_args(argv)
     sites = [site.strip() for site in args.sites.split(",") if site.strip()]
-    return run_demo(args.dags_folder, args.output, args.dag_id, sites, args.job_duration, args.conf)
+    return run_demo(args.dags_folder, args.output, args.dag_id, sites, args.job_duration, args.conf, args.fault)
 
 
 if __name__ == "__main__":

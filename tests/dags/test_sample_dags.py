@@ -81,3 +81,18 @@ class TestSampleDagRun:
 
         assert exit_code == 0, printed
         assert len(list((tmp_path / "out").glob("on-demand/shop-at/*/*.xml"))) == 1
+
+    def test_nightly_survives_faults(self, tmp_path, capsys):
+        sites = ["main", "shop-de", "shop-at"]
+        faults = ["any:503:every=3", "create:lose-reply", "list:revoke-tokens"]
+
+        exit_code = demo.run_demo(
+            DAGS_FOLDER, tmp_path / "out", "sepa_export_nightly", sites, job_duration=0.5, faults=faults
+        )
+        printed = capsys.readouterr().out
+
+        assert exit_code == 0, printed
+        assert "Export jobs created on the emulator: 3 for 3 sites." in printed
+        for spec in faults:
+            assert f"{spec} acted 0 times" not in printed
+            assert f"{spec} acted" in printed
