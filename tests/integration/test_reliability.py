@@ -1,7 +1,7 @@
 """Fault and bad-input scenarios, run through the operators and the sensor as a DAG uses them.
 
-Every scenario ends with the same three checks: the emulator holds no duplicate job for
-a site, no destination holds a partial or temporary file, and no log line, XCom value,
+Every scenario ends with the same three checks. The emulator has no duplicate job for a
+site, and no destination contains a partial or temporary file. No log line, XCom value,
 rendered template field or exception text contains the client secret or an issued token.
 """
 
@@ -450,7 +450,8 @@ class TestDownloadFaults:
         run = run_export(leak_watch, export_dir)
 
         assert_file_matches_server(run, emulator)
-        assert "Müller".encode() in Path(run.download["path"]).read_bytes() or run.download["size_bytes"] > 0
+        # Multi-byte UTF-8 (the debtor names) arrives undecoded, whatever the missing charset implies.
+        assert any(byte >= 0x80 for byte in Path(run.download["path"]).read_bytes())
 
 
 @pytest.mark.usefixtures("emporix_conn")
