@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from airflow_provider_sepa.emulator.faults import Fault, parse_fault
 
 SCOPE_JOB_VIEW = "sepaexport.job_view"
 SCOPE_JOB_MANAGE = "sepaexport.job_manage"
@@ -60,6 +62,9 @@ class EmulatorConfig:
     #: Maximum number of entries that the request log keeps; older entries are dropped.
     request_log_limit: int = 10000
     clock: Callable[[], float] = field(default=time.time, repr=False)
+    #: Fault rules in place from the start, as Fault objects or strings such as
+    #: ``"create:lose-reply"`` in the syntax of :func:`~airflow_provider_sepa.emulator.faults.parse_fault`.
+    faults: Sequence[Fault | str] = ()
 
     def __post_init__(self) -> None:
         """Normalise the collection fields and raise ValueError on invalid settings."""
@@ -68,6 +73,9 @@ class EmulatorConfig:
         self.site_orders = dict(self.site_orders)
         if isinstance(self.orders_per_site, list):
             self.orders_per_site = (self.orders_per_site[0], self.orders_per_site[1])
+        if isinstance(self.faults, str | Fault):
+            raise ValueError("Invalid faults: pass a list of faults, not a single one.")
+        self.faults = tuple(parse_fault(item) if isinstance(item, str) else item for item in self.faults)
         self.validate()
 
     def validate(self) -> None:
