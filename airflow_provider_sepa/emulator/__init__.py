@@ -15,10 +15,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_sepa.emulator.config import ALL_SCOPES, EmulatorConfig
+from airflow_provider_sepa.emulator.faults import DelayStage, Fault, FaultKind, JobOutcome, parse_fault
 
 if TYPE_CHECKING:
     from airflow_provider_sepa.emulator.app import create_app
     from airflow_provider_sepa.emulator.cli import main
+    from airflow_provider_sepa.emulator.fault_injector import FaultInjector, FaultRule
     from airflow_provider_sepa.emulator.iban import iban_is_valid
     from airflow_provider_sepa.emulator.sepa_xml import summarize_pain008, summarize_pain008_file
     from airflow_provider_sepa.emulator.server import EmulatorServer
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
 _LAZY_EXPORTS = {
     "EmulatorServer": "server",
     "EmulatorState": "state",
+    "FaultInjector": "fault_injector",
+    "FaultRule": "fault_injector",
     "JOB_STATUS_COMPLETED": "state",
     "JOB_STATUS_FAILED": "state",
     "JOB_STATUS_IN_PROGRESS": "state",
@@ -43,7 +47,16 @@ _LAZY_EXPORTS = {
     "summarize_pain008_file": "sepa_xml",
 }
 
-__all__ = ["ALL_SCOPES", "EmulatorConfig", *_LAZY_EXPORTS]
+__all__ = [
+    "ALL_SCOPES",
+    "DelayStage",
+    "EmulatorConfig",
+    "Fault",
+    "FaultKind",
+    "JobOutcome",
+    "parse_fault",
+    *_LAZY_EXPORTS,
+]
 
 
 def __getattr__(name: str) -> Any:

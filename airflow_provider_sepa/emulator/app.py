@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 from urllib.parse import parse_qsl
@@ -12,6 +13,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from airflow_provider_sepa.emulator.config import SCOPE_JOB_MANAGE, SCOPE_JOB_VIEW, SCOPE_MEDIA_VIEW
+from airflow_provider_sepa.emulator.fault_http import ConnectionCloser, Exchange, FaultRunner, add_fault_routes
+from airflow_provider_sepa.emulator.fault_injector import FIRED_FAULTS
 from airflow_provider_sepa.emulator.state import (
     EmulatorState,
     ExpiredTokenError,
@@ -51,6 +54,8 @@ _INTEGER = re.compile(r"[+-]?[0-9]{1,12}")
 
 _NO_STORE_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
+log = logging.getLogger(__name__)
+
 
 def classify_endpoint(method: str, path: str) -> str:
     """Return the endpoint name of a request, as used in the request log and by request hooks."""
@@ -66,16 +71,18 @@ def classify_endpoint(method: str, path: str) -> str:
 
 
 class RequestLogMiddleware:
-    """ASGI middleware that runs the request hooks and logs each API request with its status.
+    """ASGI middleware that runs the request hooks and fault rules and logs each API request.
 
-    Requests to ``/_emulator/`` are neither hooked nor logged, so that inspection by tests
-    does not show up in the log it inspects.
+    Requests to ``/_emulator/`` are neither hooked, faulted nor logged, so that inspection
+    by tests does not show up in the log it inspects. A request hook that returns a
+    response takes precedence over the fault rules, which then do not see the request.
     """
 
-    def __init__(self, app: ASGIApp, state: EmulatorState) -> None:
-        """Wrap ``app`` and log into ``state``."""
+    def __init__(self, app: ASGIApp, state: EmulatorState, close_connection: ConnectionCloser | None = None) -> None:
+        """Wrap ``app``, log into ``state`` and close connections for faults with ``close_connection``."""
         self.app = app
         self.state = state
+        self.fault_runner = FaultRunner(state, close_connection)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection scope."""
@@ -91,22 +98,44 @@ class RequestLogMiddleware:
             return
 
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
-        status_code = 500
+        # Collects the faults that act on this request, including token and job faults
+        # that the state applies while the endpoint runs in this task.
+        fired: list[str] = []
+
+        def record(exchange: Exchange) -> None:
+            if fired:
+                log.info(
+                    "Injected faults [%s] into %s %s, reply status %s",
+                    ", ".join(fired),
+                    method,
+                    path,
+                    exchange.status_code,
+                )
+            self.state.record_request(endpoint, method, path, query, exchange.status_code, faults=fired)
+
+        exchange = Exchange(record=record)
 
         async def send_and_capture_status(message: Message) -> None:
-            nonlocal status_code
             if message["type"] == "http.response.start":
-                status_code = message["status"]
+                exchange.status_code = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Logged before the last body bytes go out, so that a client that has read
+                # the whole reply always finds the request in the log.
+                exchange.finish()
             await send(message)
 
+        context_token = FIRED_FAULTS.set(fired)
         try:
             injected = self.state.run_request_hooks(RequestContext(endpoint, method, path, query))
             if injected is None:
-                await self.app(scope, receive, send_and_capture_status)
+                await self.fault_runner.run(
+                    self.app, scope, receive, send_and_capture_status, endpoint, query, exchange
+                )
             else:
                 await _to_response(injected)(scope, receive, send_and_capture_status)
         finally:
-            self.state.record_request(endpoint, method, path, query, status_code)
+            FIRED_FAULTS.reset(context_token)
+            exchange.finish()
 
 
 def _to_response(injected: InjectedResponse) -> Response:
@@ -273,7 +302,7 @@ def _add_api_routes(app: FastAPI, state: EmulatorState) -> None:
         body = {
             "access_token": record.token,
             "token_type": "Bearer",
-            "expires_in": int(state.config.token_lifetime_seconds),
+            "expires_in": int(record.lifetime_seconds),
             "session_idle_time": SESSION_IDLE_TIME_SECONDS,
             "refresh_token": "",
             "refresh_token_expires_in": 0,
@@ -342,16 +371,18 @@ def _add_admin_routes(app: FastAPI, state: EmulatorState) -> None:
         return state.request_log(redact=True)
 
 
-def create_app(state: EmulatorState) -> FastAPI:
+def create_app(state: EmulatorState, close_connection: ConnectionCloser | None = None) -> FastAPI:
     """Create the FastAPI application that serves ``state``.
 
     The application has the token endpoint, the three SEPA Export endpoints and the
-    read-only ``/_emulator/`` endpoints. None of them returns tokens or client secrets,
-    except the token endpoint returning the token it issues.
+    ``/_emulator/`` endpoints. None of them returns tokens or client secrets, except the
+    token endpoint returning the token it issues. ``close_connection`` closes a client
+    connection for the drop, drop-body and lose-reply faults; EmulatorServer passes it.
     """
     app = FastAPI(title="SEPA Export API emulator", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.emulator = state
     _add_api_routes(app, state)
     _add_admin_routes(app, state)
-    app.add_middleware(RequestLogMiddleware, state=state)
+    add_fault_routes(app, state)
+    app.add_middleware(RequestLogMiddleware, state=state, close_connection=close_connection)
     return app

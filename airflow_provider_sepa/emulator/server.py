@@ -10,9 +10,11 @@ import time
 from types import TracebackType
 
 import uvicorn
+from starlette.types import Scope
 
 from airflow_provider_sepa.emulator.app import create_app
 from airflow_provider_sepa.emulator.config import EmulatorConfig
+from airflow_provider_sepa.emulator.fault_injector import FaultInjector
 from airflow_provider_sepa.emulator.state import EmulatorState
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,11 @@ class EmulatorServer:
         return self._state
 
     @property
+    def faults(self) -> FaultInjector:
+        """Fault rules of the running emulator, the same object as ``state.faults``."""
+        return self.state.faults
+
+    @property
     def port(self) -> int:
         """Bound TCP port. Raise RuntimeError before :meth:`start`."""
         if self._port is None:
@@ -113,7 +120,7 @@ class EmulatorServer:
 
         self._state = EmulatorState(self._config)
         uvicorn_config = uvicorn.Config(
-            create_app(self._state),
+            create_app(self._state, close_connection=self._close_connection),
             log_level=self._log_level,
             access_log=False,
             log_config=None,
@@ -143,6 +150,9 @@ class EmulatorServer:
 
         Calling it again, or before :meth:`start`, does nothing.
         """
+        if self._state is not None:
+            # Delayed requests would otherwise hold the graceful shutdown back.
+            self._state.faults.cancel_delays()
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
@@ -158,6 +168,28 @@ class EmulatorServer:
         self._server = None
         self._thread = None
         self._socket = None
+
+    def _close_connection(self, scope: Scope) -> bool:
+        """Close the client connection of ``scope`` and return whether it was found.
+
+        Runs on the server's event loop, from the ASGI application. The transport's
+        close() sends the data already written, then ends the connection.
+        """
+        # NOTE: uvicorn does not document Server.server_state.connections, nor the client
+        # and transport attributes of its protocol objects. Checked with uvicorn 0.55.0,
+        # for both the httptools and the h11 protocol.
+        server = self._server
+        client = scope.get("client")
+        if server is None or client is None:
+            return False
+        for connection in list(server.server_state.connections):
+            if getattr(connection, "client", None) == tuple(client):
+                transport = getattr(connection, "transport", None)
+                if transport is None:
+                    return False
+                transport.close()
+                return True
+        return False
 
     def __enter__(self) -> EmulatorServer:
         """Start the server and return it."""

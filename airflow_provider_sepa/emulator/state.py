@@ -1,4 +1,4 @@
-"""In-memory state of the emulator: clients, tokens, jobs, files and the request log.
+"""In-memory state of the emulator: clients, tokens, jobs, files, fault rules and the request log.
 
 All public methods are thread-safe: the HTTP server, file generation threads and tests
 share one :class:`EmulatorState` through a single lock. Job completion is evaluated
@@ -17,7 +17,7 @@ import tempfile
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_sepa.emulator.config import ALL_SCOPES, EmulatorConfig
+from airflow_provider_sepa.emulator.fault_injector import FaultInjector
+from airflow_provider_sepa.emulator.faults import Fault, JobOutcome
 from airflow_provider_sepa.emulator.orders import iter_orders, make_creditor, site_order_count, total_orders
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ JOB_STATUS_FAILED = "FAILED"
 
 #: Days between the creation of a job and the requested collection date in its file.
 COLLECTION_DELAY_DAYS = 2
+#: Seconds between the createdAt values of the jobs that insert_newer_jobs() adds.
+NEWER_JOB_SPACING_SECONDS = 0.001
 
 #: Query parameter names whose values the HTTP view of the request log always masks.
 SENSITIVE_QUERY_KEYS = frozenset({"client_secret", "access_token", "refresh_token", "token", "password"})
@@ -93,6 +97,7 @@ class TokenRecord:
     scopes: tuple[str, ...]
     issued_at: float
     expires_at: float
+    lifetime_seconds: float
     revoked: bool = False
 
 
@@ -147,6 +152,8 @@ class JobRecord:
     generated_file: FileRecord | None = None
     generated_count: int = 0
     generation_error: str | None = None
+    # A job fault that decides how the job ends, instead of COMPLETED with its file.
+    outcome_fault: Fault | None = None
     thread: threading.Thread | None = field(default=None, repr=False)
 
     def to_details(self) -> dict[str, Any]:
@@ -214,8 +221,12 @@ class EmulatorState:
         self._files: dict[str, FileRecord] = {}
         self._requests: deque[dict[str, Any]] = deque(maxlen=self.config.request_log_limit)
         self._request_hooks: list[RequestHook] = []
+        self._token_lifetime_seconds = float(self.config.token_lifetime_seconds)
         self._cancel = threading.Event()
         self._closed = False
+        #: Fault rules of this emulator, a :class:`FaultInjector`.
+        self.faults = FaultInjector()
+        self.faults.add_all(self.config.faults)
 
         if self.config.data_dir is None:
             self.data_dir = Path(tempfile.mkdtemp(prefix="sepa-emulator-"))
@@ -237,6 +248,19 @@ class EmulatorState:
         return self._clock()
 
     # Clients and tokens
+
+    @property
+    def token_lifetime_seconds(self) -> float:
+        """Lifetime of newly issued tokens in seconds, unless a fault rule sets another one."""
+        with self._lock:
+            return self._token_lifetime_seconds
+
+    def set_token_lifetime(self, seconds: float) -> None:
+        """Change the lifetime of tokens issued from now on. Issued tokens keep their expiry."""
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+            raise ValueError(f"Invalid token lifetime {seconds!r}: expected seconds > 0.")
+        with self._lock:
+            self._token_lifetime_seconds = float(seconds)
 
     def add_client(
         self,
@@ -282,6 +306,7 @@ class EmulatorState:
             else:
                 granted = client.scopes
 
+            lifetime = self.faults.take_token_lifetime() or self._token_lifetime_seconds
             now = self.now()
             record = TokenRecord(
                 token=secrets.token_urlsafe(32),
@@ -289,7 +314,8 @@ class EmulatorState:
                 tenant=client.tenant,
                 scopes=granted,
                 issued_at=now,
-                expires_at=now + self.config.token_lifetime_seconds,
+                expires_at=now + lifetime,
+                lifetime_seconds=lifetime,
             )
             self._tokens[record.token] = record
             return record
@@ -364,10 +390,52 @@ class EmulatorState:
                 name=f"sepa-emulator-job-{job.job_id}",
                 daemon=True,
             )
+            job_faults = self.faults.take_job_faults(site_code)
+            job.outcome_fault = job_faults.outcome
             self._jobs[job.job_id] = job
             job.thread.start()
+            newer_ids = self._insert_newer_jobs_locked(job, job_faults.newer_jobs)
         log.info("Created job %s for tenant %s, site %s", job.job_id, tenant, site_code)
+        if newer_ids:
+            log.info("Added %d finished jobs created after job %s", len(newer_ids), job.job_id)
         return job
+
+    def insert_newer_jobs(self, job_id: str, count: int) -> list[str]:
+        """Add ``count`` finished jobs of the same tenant and site, created after job ``job_id``.
+
+        The added jobs have status COMPLETED, no ``fileId`` and 0 exported orders, and
+        their ``createdAt`` values follow the job's in steps of NEWER_JOB_SPACING_SECONDS.
+        With ``count`` >= the page size, the job drops off the first page of the list
+        endpoint (``sort=DESC``). Return the ids of the added jobs. Raise KeyError for an
+        unknown job and ValueError when ``count`` < 1.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"Invalid count {count!r}: expected an integer >= 1.")
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise KeyError(f"Job {job_id!r} not found.")
+            return self._insert_newer_jobs_locked(job, count)
+
+    def _insert_newer_jobs_locked(self, job: JobRecord, count: int) -> list[str]:
+        added = []
+        for index in range(1, count + 1):
+            created_at = job.created_at + index * NEWER_JOB_SPACING_SECONDS
+            newer = JobRecord(
+                job_id=str(uuid.uuid4()),
+                tenant=job.tenant,
+                site_code=job.site_code,
+                created_at=created_at,
+                due_at=created_at,
+                status=JOB_STATUS_COMPLETED,
+                active=False,
+                completed_at=created_at,
+                generated=True,
+                generated_at=created_at,
+            )
+            self._jobs[newer.job_id] = newer
+            added.append(newer.job_id)
+        return added
 
     def _generate_file(self, job: JobRecord) -> None:
         """Write the job's pain.008 file and store the result on the job (generation thread)."""
@@ -439,12 +507,24 @@ class EmulatorState:
                 job.status = JOB_STATUS_FAILED
                 log.warning("Job %s failed: %s", job.job_id, job.generation_error)
                 continue
+            if job.outcome_fault is not None:
+                self._end_job_with_fault_locked(job, job.outcome_fault)
+                continue
             job.status = JOB_STATUS_COMPLETED
             job.orders_exported_count = job.generated_count
             if job.generated_file is not None:
                 job.file_id = job.generated_file.file_id
                 self._files[job.file_id] = job.generated_file
             log.info("Completed job %s with %d orders", job.job_id, job.orders_exported_count)
+
+    def _end_job_with_fault_locked(self, job: JobRecord, fault: Fault) -> None:
+        """End ``job`` with the status that the job fault ``fault`` sets. Only UNKNOWN_STATUS keeps the file."""
+        job.status = fault.effective_job_status()
+        job.orders_exported_count = 0 if fault.outcome is JobOutcome.FAILED else job.generated_count
+        if fault.outcome is JobOutcome.UNKNOWN_STATUS and job.generated_file is not None:
+            job.file_id = job.generated_file.file_id
+            self._files[job.file_id] = job.generated_file
+        log.info("Job %s ended with status %s by fault %s", job.job_id, job.status, fault.spec())
 
     def list_jobs(
         self,
@@ -506,15 +586,26 @@ class EmulatorState:
     # Request log and hooks
 
     def record_request(
-        self, endpoint: str, method: str, path: str, query: dict[str, str], status_code: int
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        status_code: int | None,
+        faults: Sequence[str] = (),
     ) -> None:
-        """Append a request to the log. Headers and bodies are never passed in or stored."""
+        """Append a request to the log. Headers and bodies are never passed in or stored.
+
+        ``status_code`` is None when the client got no status line because a fault closed
+        the connection. ``faults`` lists the specs of the faults that acted on the request.
+        """
         entry = {
             "endpoint": endpoint,
             "method": method,
             "path": path,
             "query": dict(query),
             "status_code": status_code,
+            "faults": list(faults),
             "timestamp": self.now(),
         }
         with self._lock:
@@ -527,7 +618,9 @@ class EmulatorState:
         or an issued token are replaced with ``[REDACTED]``, as the HTTP view needs.
         """
         with self._lock:
-            entries = [{**entry, "query": dict(entry["query"])} for entry in self._requests]
+            entries = [
+                {**entry, "query": dict(entry["query"]), "faults": list(entry["faults"])} for entry in self._requests
+            ]
             if not redact:
                 return entries
             secret_values = {client.client_secret for client in self._clients.values()} | set(self._tokens)
@@ -573,6 +666,7 @@ class EmulatorState:
             self._closed = True
             threads = [job.thread for job in self._jobs.values() if job.thread is not None]
         self._cancel.set()
+        self.faults.cancel_delays()
         for thread in threads:
             thread.join(timeout=_GENERATION_JOIN_TIMEOUT)
             if thread.is_alive():
