@@ -31,9 +31,12 @@ POLL_SECONDS = float(os.environ.get("SEPA_EXPORT_POLL_SECONDS", "30"))
     },
 )
 def sepa_export_on_demand():
+    # [START howto_operator_sepa_export_create_job]
     create = SepaExportCreateJobOperator(
         task_id="create_job", site_code="{{ params.site_code }}", poll_interval=POLL_SECONDS, pool="sepa_export"
     )
+    # [END howto_operator_sepa_export_create_job]
+    # [START howto_sensor_sepa_export_job]
     wait = SepaExportJobSensor(
         task_id="wait_for_job",
         site_code="{{ params.site_code }}",
@@ -42,6 +45,8 @@ def sepa_export_on_demand():
         timeout=timedelta(hours=6),
         deferrable=True,
     )
+    # [END howto_sensor_sepa_export_job]
+    # [START howto_operator_sepa_export_download]
     SepaExportDownloadOperator(
         task_id="download_file",
         file_id=wait.output["file_id"],
@@ -50,6 +55,7 @@ def sepa_export_on_demand():
             "{{ params.site_code }}/{{ dag_run.run_after | ts_nodash }}/"
         ),
     )
+    # [END howto_operator_sepa_export_download]
 
 
 sepa_export_on_demand()
