@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 from airflow_provider_sepa.emulator.config import DEFAULT_SEED, DEFAULT_SITES, EmulatorConfig, generate_client_secret
+from airflow_provider_sepa.emulator.faults import Fault, parse_fault
 
 DEFAULT_PORT = 8765
 CLIENT_SECRET_ENV = "SEPA_EMULATOR_CLIENT_SECRET"
@@ -50,10 +51,36 @@ def _orders_per_site(text: str) -> int | tuple[int, int]:
     raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected COUNT or MIN-MAX, for example 5-40")
 
 
+def _fault(text: str) -> Fault:
+    try:
+        return parse_fault(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+_FAULT_EPILOG = """\
+fault syntax: ENDPOINT:ACTION[:OPTION...]
+  ENDPOINT  token, list, create, download or any
+  ACTION    429, 500, 502, 503, 504 (or another status from 400 to 599),
+            html[=CODE], malformed-json, drop, drop-body[=BYTES], lose-reply,
+            delay=SECONDS, revoke-tokens, expire-tokens,
+            bom, no-charset (download), lifetime=SECONDS (token),
+            job=failed|completed-no-file|unknown|unknown-no-file (create),
+            newer-jobs=COUNT (create)
+  OPTION    N or times=N (next N matching calls), every=K (every K-th call,
+            without end unless times is given), site=CODE, file=FILE_ID,
+            retry-after=SECONDS, stage=request|reply (delay), status=STRING (job)
+examples:
+  --fault create:lose-reply:1 --fault any:503:every=3 --fault list:429:retry-after=2:times=3
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the emulator command."""
     parser = argparse.ArgumentParser(
         prog="sepa-emulator",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_FAULT_EPILOG,
         description=(
             "Run a local emulator of the Emporix SEPA Export API and its OAuth token endpoint "
             "on 127.0.0.1, for tests and demos. The client secret is read from "
@@ -107,6 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     parser.add_argument(
+        "--fault",
+        type=_fault,
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="inject a fault, repeatable; see the fault syntax below and docs/emulator.md",
+    )
+
+    parser.add_argument(
         "--print-secret",
         action="store_true",
         help="print the client secret to stdout once, for local development only",
@@ -148,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             orders_per_site=args.orders_per_site,
             site_orders=dict(args.site_orders),
             data_dir=args.data_dir,
+            faults=args.fault,
         )
         server = EmulatorServer(config, port=args.port, log_level=args.log_level)
     except ValueError as error:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -775,3 +778,80 @@ def test_admin_delete_faults(server: EmulatorServer, client: httpx.Client, auth:
     assert list_main(client, auth).status_code == 200
     assert client.delete("/_emulator/faults").json() == {"removed": 2}
     assert client.get("/_emulator/faults").json() == []
+
+
+# Command line
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+CLI_START_TIMEOUT_SECONDS = 30.0
+CLI_SECRET = "fault-test-secret"
+
+
+@pytest.fixture
+def cli_processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Collect started emulator processes and stop any that a test left running."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def _cli_command(tmp_path: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY_ROOT), env.get("PYTHONPATH")]))
+    env["SEPA_EMULATOR_CLIENT_SECRET"] = CLI_SECRET
+    command = [sys.executable, "-m", "airflow_provider_sepa.emulator", "--port", "0", *args]
+    return command, env
+
+
+def test_cli_faults(tmp_path: Path, cli_processes: list[subprocess.Popen[str]]) -> None:
+    port_file = tmp_path / "port"
+    command, env = _cli_command(
+        tmp_path,
+        "--port-file",
+        str(port_file),
+        "--job-duration",
+        "0.2",
+        "--fault",
+        "list:503:times=2",
+        "--fault",
+        "create:lose-reply:1",
+    )
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    cli_processes.append(process)
+    deadline = time.monotonic() + CLI_START_TIMEOUT_SECONDS
+    while not port_file.exists():
+        assert process.poll() is None, "emulator CLI exited before serving"
+        assert time.monotonic() < deadline, "emulator CLI did not write its port file"
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{int(port_file.read_text())}"
+
+    form = {"grant_type": "client_credentials", "client_id": "sepa-demo-client", "client_secret": CLI_SECRET}
+    headers = bearer(httpx.post(f"{url}/oauth/token", data=form, timeout=10.0).json()["access_token"])
+    statuses = [
+        httpx.get(f"{url}{JOBS_PATH}", params={"siteCode": "main"}, headers=headers, timeout=10.0).status_code
+        for _ in range(3)
+    ]
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.post(f"{url}{JOBS_PATH}", json={"siteCode": "main"}, headers=headers, timeout=10.0)
+    jobs = httpx.get(f"{url}/_emulator/jobs", timeout=10.0).json()
+    rules = httpx.get(f"{url}/_emulator/faults", timeout=10.0).json()
+
+    assert statuses == [503, 503, 200]
+    assert len(jobs) == 1
+    assert [rule["spec"] for rule in rules] == ["list:503:times=2", "create:lose-reply"]
+    assert all(rule["exhausted"] for rule in rules)
+
+
+def test_cli_rejects_invalid_fault(tmp_path: Path) -> None:
+    command, env = _cli_command(tmp_path, "--fault", "list:bom")
+
+    completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+
+    assert completed.returncode == 2
+    assert "argument --fault: Invalid fault 'list:bom'" in completed.stderr
+    assert "use download" in completed.stderr
