@@ -20,12 +20,14 @@ from datetime import timedelta
 
 import pendulum
 
-from airflow.sdk import CronTriggerTimetable, Variable, dag, task, task_group
+from airflow.sdk import AssetAlias, CronTriggerTimetable, Variable, dag, task, task_group
 from airflow_provider_sepa.operators.sepa_export import SepaExportCreateJobOperator, SepaExportDownloadOperator
 from airflow_provider_sepa.sensors.sepa_export import SepaExportJobSensor
 
 TIMEZONE = "Europe/Berlin"
 POOL = "sepa_export"
+# Each download adds an event for the asset sepa-export://<tenant>/<site code> to this alias.
+NEW_FILES = AssetAlias("sepa_export_files")
 SITE_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # Seconds between two checks of a running job or a busy job slot; the demo lowers it.
 POLL_SECONDS = float(os.environ.get("SEPA_EXPORT_POLL_SECONDS", "60"))
@@ -66,7 +68,13 @@ def sepa_export_nightly():
             timeout=timedelta(hours=6),
             deferrable=True,
         )
-        SepaExportDownloadOperator(task_id="download_file", file_id=wait.output["file_id"], destination=destination)
+        SepaExportDownloadOperator(
+            task_id="download_file",
+            file_id=wait.output["file_id"],
+            destination=destination,
+            site_code=site_code,
+            outlets=[NEW_FILES],
+        )
 
     export_site.expand_kwargs(plan_exports())
 

@@ -25,7 +25,7 @@ from airflow_provider_sepa.core.files import check_destination, default_file_nam
 from airflow_provider_sepa.core.jobs import ExportJob, JobState
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from airflow.sdk import Asset, Context
 
     from airflow_provider_sepa.hooks.sepa_export import SepaExportHook
 
@@ -315,9 +315,14 @@ class SepaExportDownloadOperator(BaseOperator):
         ``s3://aws_default@bucket/sepa/main.xml``, or a folder ending with ``/``, in which
         case the file is named ``<file id>.xml``. (templated)
     :param emporix_conn_id: id of the Airflow connection of type ``emporix``. (templated)
+    :param site_code: the site the file belongs to. (templated) When it is set and the task
+        has an ``AssetAlias`` among its ``outlets``, each download adds an event for the
+        asset :func:`sepa_file_asset` returns for the tenant and site, with the file's
+        path, size and SHA-256 as the event's extra, so that a DAG can be scheduled on
+        "a new SEPA file for site X".
     """
 
-    template_fields: Sequence[str] = ("file_id", "destination", "emporix_conn_id")
+    template_fields: Sequence[str] = ("file_id", "destination", "emporix_conn_id", "site_code")
     ui_color = "#e8f1fb"
 
     def __init__(
@@ -326,12 +331,14 @@ class SepaExportDownloadOperator(BaseOperator):
         file_id: str,
         destination: str,
         emporix_conn_id: str = endpoints.DEFAULT_CONN_ID,
+        site_code: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.file_id = file_id
         self.destination = destination
         self.emporix_conn_id = emporix_conn_id
+        self.site_code = site_code
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_sepa.hooks.sepa_export import SepaExportHook
@@ -341,9 +348,51 @@ class SepaExportDownloadOperator(BaseOperator):
         if destination.endswith("/"):
             destination += default_file_name(file_id)
 
+        site_code = endpoints.validate_site_code(self.site_code) if self.site_code is not None else None
+
         hook = SepaExportHook(self.emporix_conn_id)
         try:
             downloaded = hook.download_file(file_id, destination)
+            tenant = hook.settings.tenant
         finally:
             hook.close()
-        return downloaded.to_dict()
+
+        result = downloaded.to_dict()
+        if site_code is not None:
+            self._add_asset_events(context, tenant, site_code, result)
+        return result
+
+    def _add_asset_events(self, context: Context, tenant: str, site_code: str, result: dict[str, Any]) -> None:
+        """Record the new file on every ``AssetAlias`` outlet of the task."""
+        from airflow.sdk import AssetAlias
+
+        aliases = [outlet for outlet in self.outlets if isinstance(outlet, AssetAlias)]
+        if not aliases:
+            return
+        outlet_events = context.get("outlet_events")
+        if outlet_events is None:
+            self.log.warning("The task context has no outlet_events; no asset event recorded for %s.", site_code)
+            return
+        asset = sepa_file_asset(tenant, site_code)
+        for alias in aliases:
+            outlet_events[alias].add(asset, extra={**result, "site_code": site_code, "tenant": tenant})
+        self.log.info("Recorded a new-file event for asset %s.", asset.uri)
+
+
+def sepa_file_asset(tenant: str, site_code: str) -> Asset:
+    """Return the asset of the SEPA files of one tenant's site.
+
+    Its URI is ``sepa-export://<tenant>/<site code>``; schedule a DAG on it to run after
+    each new file of that site.
+    """
+    from urllib.parse import quote
+
+    from airflow.sdk import Asset
+
+    tenant = endpoints.validate_tenant(tenant)
+    site_code = endpoints.validate_site_code(site_code)
+    return Asset(
+        name=f"sepa_export.{tenant}.{site_code}",
+        uri=f"sepa-export://{tenant}/{quote(site_code, safe='')}",
+        group="sepa-export",
+    )

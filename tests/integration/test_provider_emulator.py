@@ -295,3 +295,43 @@ def test_creates_in_parallel_start_one_job_per_site(emulator):
     assert set(results) == {"main", "shop-de"}
     assert emulator.state.job_count(site_code="main") == 1
     assert emulator.state.job_count(site_code="shop-de") == 1
+
+
+class TestDownloadAssetEvents:
+    def test_alias_outlet_gets_site_asset(self, emulator, tmp_path):
+        from airflow.sdk import AssetAlias
+        from airflow.sdk.execution_time.context import OutletEventAccessors
+
+        from airflow_provider_sepa.operators.sepa_export import sepa_file_asset
+
+        hook = SepaExportHook()
+        job = wait_until_done(hook, "main", hook.create_job("main"))
+        alias = AssetAlias("sepa_export_files")
+        context = make_context()
+        context["outlet_events"] = OutletEventAccessors()
+        operator = SepaExportDownloadOperator(
+            task_id="download", file_id=job.file_id, destination=f"{tmp_path}/", site_code="main", outlets=[alias]
+        )
+
+        result = operator.execute(context)
+        events = context["outlet_events"][alias].asset_alias_events
+
+        assert len(events) == 1
+        assert events[0].dest_asset_key.uri == sepa_file_asset("demo", "main").uri == "sepa-export://demo/main"
+        assert events[0].extra["sha256"] == result["sha256"]
+        assert events[0].extra["site_code"] == "main"
+
+    def test_no_alias_no_event(self, emulator, tmp_path):
+        from airflow.sdk.execution_time.context import OutletEventAccessors
+
+        hook = SepaExportHook()
+        job = wait_until_done(hook, "main", hook.create_job("main"))
+        context = make_context()
+        context["outlet_events"] = OutletEventAccessors()
+        operator = SepaExportDownloadOperator(
+            task_id="download", file_id=job.file_id, destination=f"{tmp_path}/", site_code="main"
+        )
+
+        operator.execute(context)
+
+        assert dict(context["outlet_events"]._dict) == {}
