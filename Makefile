@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 PIP_VERSION := 26.3
 
 .PHONY: venv test demo emulator constraints clean
@@ -19,6 +20,15 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+## docs: build the HTML documentation into docs/_build/html; any Sphinx warning fails the build.
+.PHONY: docs
+docs: $(DOCS_STAMP)
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[docs]"
+	touch $(DOCS_STAMP)
+
 ## demo: run the nightly DAG against the local emulator; files land under exports/.
 demo: $(STAMP)
 	$(BIN)/python -m airflow_provider_sepa.emulator.demo --dags-folder dags --output exports
@@ -32,11 +42,11 @@ constraints:
 	rm -rf .venv-constraints
 	$(PYTHON) -m venv .venv-constraints
 	.venv-constraints/bin/python -m pip install --quiet "pip==$(PIP_VERSION)"
-	.venv-constraints/bin/python -m pip install --quiet ".[test]"
-	{ echo "# Exact versions installed by 'make venv' (Python 3.11), so every machine tests the same set."; \
+	.venv-constraints/bin/python -m pip install --quiet ".[test,docs]"
+	{ echo "# Exact versions installed by 'make venv' and 'make docs' (Python 3.11), so every machine tests the same set."; \
 	  echo "# Regenerate with 'make constraints' after changing dependencies in pyproject.toml."; \
 	  .venv-constraints/bin/python -m pip freeze --exclude airflow-provider-sepa; } > constraints.txt
 	rm -rf .venv-constraints
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info exports .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info exports .pytest_cache docs/_build
