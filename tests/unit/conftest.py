@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import pytest
 from structlog.testing import capture_logs
 
-from airflow_provider_sepa.core.payloads import TOKEN_CACHE
 from airflow_provider_sepa.core.retry import RetryPolicy
 from airflow_provider_sepa.hooks.sepa_export import SepaExportHook
 
@@ -45,14 +44,6 @@ def connection_json(**extra: str) -> str:
             "extra": {"tenant": TENANT, **extra},
         }
     )
-
-
-@pytest.fixture(autouse=True)
-def clear_token_cache():
-    """Start and end every test with an empty process-wide token cache."""
-    TOKEN_CACHE.clear()
-    yield
-    TOKEN_CACHE.clear()
 
 
 @pytest.fixture
