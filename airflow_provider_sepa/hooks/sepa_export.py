@@ -6,7 +6,9 @@ import asyncio
 import hashlib
 import os
 import tempfile
+import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timezone
 from functools import cached_property
@@ -571,6 +573,22 @@ async def _amask_secret(value: str) -> None:
     await amask_secret(value)
 
 
+_TokenKey = tuple[str, str, str, str]
+
+#: Token requests in progress, per event loop and token cache key. Each loop has its own
+#: futures because an asyncio future belongs to the loop that created it.
+_TOKEN_FETCHES: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[_TokenKey, asyncio.Future[payloads.AccessToken]]
+] = weakref.WeakKeyDictionary()
+_TOKEN_FETCHES_LOCK = threading.Lock()
+
+
+def _token_fetches_of_running_loop() -> dict[_TokenKey, asyncio.Future[payloads.AccessToken]]:
+    loop = asyncio.get_running_loop()
+    with _TOKEN_FETCHES_LOCK:
+        return _TOKEN_FETCHES.setdefault(loop, {})
+
+
 class SepaExportAsyncHook(BaseHook):
     """Read the job list of the Emporix SEPA Export API from an asyncio event loop.
 
@@ -671,12 +689,52 @@ class SepaExportAsyncHook(BaseHook):
     # -- requests ---------------------------------------------------------------------
 
     async def get_token(self) -> str:
-        """Return a valid access token, fetching a new one when the cached one is close to expiry."""
+        """Return a valid access token, fetching a new one when the cached one is close to expiry.
+
+        Hooks in one event loop that need a new token for the same client at the same time
+        send one token request. The first hook sends it, and the others await its outcome,
+        its error included. When the hook that sends it is cancelled, a waiting hook sends
+        the next one.
+        """
         settings = await self.get_settings()
-        cached = payloads.TOKEN_CACHE.get(settings)
-        if cached is not None:
-            return cached.value
-        return (await self._fetch_token()).value
+        key = payloads.TOKEN_CACHE.key(settings)
+        fetches = _token_fetches_of_running_loop()
+        while True:
+            cached = payloads.TOKEN_CACHE.get(settings)
+            if cached is not None:
+                return cached.value
+            pending = fetches.get(key)
+            if pending is None:
+                break
+            # asyncio.wait returns when the fetch ends, and cancelling this task does not cancel the fetch.
+            await asyncio.wait({pending})
+            if not pending.cancelled():
+                return pending.result().value
+        return (await self._fetch_shared_token(fetches, key)).value
+
+    async def _fetch_shared_token(
+        self, fetches: dict[_TokenKey, asyncio.Future[payloads.AccessToken]], key: _TokenKey
+    ) -> payloads.AccessToken:
+        """Fetch a token and publish the outcome to the hooks of this loop that wait for it."""
+        future: asyncio.Future[payloads.AccessToken] = asyncio.get_running_loop().create_future()
+        fetches[key] = future
+        try:
+            token = await self._fetch_token()
+        except Exception as error:
+            future.set_exception(error)
+            # Reading the exception marks it as retrieved, so asyncio logs nothing when no hook waits.
+            future.exception()
+            raise
+        except BaseException:
+            # Cancelled: the waiting hooks see a cancelled future, and one of them fetches instead.
+            future.cancel()
+            raise
+        else:
+            future.set_result(token)
+            return token
+        finally:
+            if fetches.get(key) is future:
+                del fetches[key]
 
     async def _fetch_token(self) -> payloads.AccessToken:
         settings = await self.get_settings()

@@ -522,6 +522,123 @@ class TestTriggerErrors:
         assert hooks_built[0]._client is None
 
 
+class PausedTokenEndpoint:
+    """Token endpoint for ``httpx.MockTransport`` that replies after a pause, so that concurrent requests overlap.
+
+    With ``status`` 200 each request gets a new token, and with another status an error body.
+    """
+
+    def __init__(self, status: int = 200, pause: float = 0.05) -> None:
+        self.status = status
+        self.pause = pause
+        self.token_requests = 0
+        self.request_started = asyncio.Event()
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/oauth/token"
+        self.token_requests += 1
+        self.request_started.set()
+        await asyncio.sleep(self.pause)
+        if self.status != 200:
+            return httpx.Response(self.status, json={"fault": {"faultstring": "Invalid client identifier"}})
+        token = f"shared-token-{self.token_requests}-Vb4nQ"
+        return httpx.Response(200, json={"access_token": token, "token_type": "Bearer", "expires_in": 3600})
+
+    def hook(self) -> SepaExportAsyncHook:
+        return SepaExportAsyncHook(
+            retry_policy=RetryPolicy(max_attempts=1), transport=httpx.MockTransport(self.handle)
+        )
+
+
+class TestTokenSingleFlight:
+    """Hooks in one event loop that need a token for the same client at once send one token request."""
+
+    @pytest.mark.asyncio
+    async def test_concurrent_hooks_share_request(self, api):
+        endpoint = PausedTokenEndpoint()
+        hooks = [endpoint.hook() for _ in range(50)]
+
+        tokens = await asyncio.gather(*(hook.get_token() for hook in hooks))
+        for hook in hooks:
+            await hook.aclose()
+
+        assert endpoint.token_requests == 1
+        assert set(tokens) == {"shared-token-1-Vb4nQ"}
+
+    @pytest.mark.asyncio
+    async def test_failed_request_raises_in_every_waiter(self, api):
+        endpoint = PausedTokenEndpoint(status=401)
+        hooks = [endpoint.hook() for _ in range(20)]
+
+        results = await asyncio.gather(*(hook.get_token() for hook in hooks), return_exceptions=True)
+        for hook in hooks:
+            await hook.aclose()
+
+        assert endpoint.token_requests == 1
+        assert {type(result).__name__ for result in results} == {"SepaExportAuthError"}
+        assert TOKEN_CACHE.get(hooks[0]._settings) is None
+
+    @pytest.mark.asyncio
+    async def test_cancelled_fetch_leaves_waiter_to_fetch(self, api):
+        endpoint = PausedTokenEndpoint()
+        first, second = endpoint.hook(), endpoint.hook()
+
+        first_task = asyncio.create_task(first.get_token())
+        await asyncio.wait_for(endpoint.request_started.wait(), timeout=5)
+        second_task = asyncio.create_task(second.get_token())
+        await asyncio.sleep(0)
+        first_task.cancel()
+        token = await asyncio.wait_for(second_task, timeout=5)
+        await first.aclose()
+        await second.aclose()
+
+        assert first_task.cancelled()
+        assert token == "shared-token-2-Vb4nQ"
+        assert endpoint.token_requests == 2
+
+    @pytest.mark.asyncio
+    async def test_cancelled_waiter_leaves_fetch_running(self, api):
+        endpoint = PausedTokenEndpoint()
+        first, second = endpoint.hook(), endpoint.hook()
+
+        first_task = asyncio.create_task(first.get_token())
+        await asyncio.wait_for(endpoint.request_started.wait(), timeout=5)
+        second_task = asyncio.create_task(second.get_token())
+        await asyncio.sleep(0)
+        second_task.cancel()
+        token = await asyncio.wait_for(first_task, timeout=5)
+        await first.aclose()
+        await second.aclose()
+
+        assert second_task.cancelled()
+        assert token == "shared-token-1-Vb4nQ"
+        assert endpoint.token_requests == 1
+
+    def test_concurrent_triggers_share_request(self, monkeypatch, fake_api):
+        fake_api.jobs = [finished_job()]
+
+        async def pause_token_reply(request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/oauth/token":
+                await asyncio.sleep(0.05)
+            return fake_api.handle(request)
+
+        def make_hook(trigger: SepaExportJobTrigger) -> SepaExportAsyncHook:
+            return SepaExportAsyncHook(trigger.emporix_conn_id, transport=httpx.MockTransport(pause_token_reply))
+
+        monkeypatch.setattr(SepaExportJobTrigger, "_make_hook", make_hook)
+
+        async def run_all() -> list[list[dict[str, Any]]]:
+            async def collect(trigger: SepaExportJobTrigger) -> list[dict[str, Any]]:
+                return [event.payload async for event in trigger.run()]
+
+            return await asyncio.gather(*(collect(make_trigger()) for _ in range(30)))
+
+        results = asyncio.run(asyncio.wait_for(run_all(), timeout=20))
+
+        assert [events[0]["status"] for events in results] == ["success"] * 30
+        assert fake_api.token_requests() == 1
+
+
 def test_trigger_module_imports_no_http_client():
     # Airflow itself may load httpx, so only the modules the trigger module adds count.
     probe = (
