@@ -198,6 +198,22 @@ class ConnectionSettings:
             scope=" ".join(scope.split()) or None if scope else None,
         )
 
+    @classmethod
+    def from_connection(cls, conn_id: str, conn: Any) -> ConnectionSettings:
+        """Validate an Airflow ``Connection`` and build the settings.
+
+        Reads only the plain fields and the raw ``extra`` string, never ``extra_dejson``,
+        which masks secrets with a blocking call that must not run in an event loop.
+        """
+        return cls.from_fields(
+            conn_id=conn_id,
+            host=conn.host,
+            port=conn.port,
+            login=conn.login,
+            password=conn.password,
+            extra=conn.extra,
+        )
+
     @property
     def token_url(self) -> str:
         """URL of the OAuth token endpoint."""

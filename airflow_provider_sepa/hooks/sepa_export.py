@@ -119,14 +119,7 @@ class SepaExportHook(BaseHook):
             conn = self.get_connection(self.emporix_conn_id)
         except AirflowNotFoundException:
             raise endpoints.missing_connection_error(self.emporix_conn_id) from None
-        settings = endpoints.ConnectionSettings.from_fields(
-            conn_id=self.emporix_conn_id,
-            host=conn.host,
-            port=conn.port,
-            login=conn.login,
-            password=conn.password,
-            extra=conn.extra,
-        )
+        settings = endpoints.ConnectionSettings.from_connection(self.emporix_conn_id, conn)
         _mask_secret(settings.client_secret)
         return settings
 
@@ -659,14 +652,7 @@ class SepaExportAsyncHook(BaseHook):
             conn = await self.aget_connection(self.emporix_conn_id)
         except AirflowNotFoundException:
             raise endpoints.missing_connection_error(self.emporix_conn_id) from None
-        settings = endpoints.ConnectionSettings.from_fields(
-            conn_id=self.emporix_conn_id,
-            host=conn.host,
-            port=conn.port,
-            login=conn.login,
-            password=conn.password,
-            extra=conn.extra,
-        )
+        settings = endpoints.ConnectionSettings.from_connection(self.emporix_conn_id, conn)
         await _amask_secret(settings.client_secret)
         self._settings = settings
         return settings
