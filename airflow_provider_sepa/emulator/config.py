@@ -48,6 +48,10 @@ class EmulatorConfig:
     client_scopes: tuple[str, ...] = ALL_SCOPES
     token_lifetime_seconds: float = 14399
     job_duration_seconds: float = 2.0
+    #: Jobs of one tenant that may run at the same time before creation gets 409. The API
+    #: allows one. A higher value departs from the contract, so that benchmarks can poll
+    #: many running jobs with one client.
+    max_active_jobs_per_tenant: int = 1
     sites: tuple[str, ...] = DEFAULT_SITES
     seed: int = DEFAULT_SEED
     #: Number of orders per site: a fixed count, or an inclusive ``(min, max)`` range from
@@ -95,6 +99,10 @@ class EmulatorConfig:
             raise ValueError(f"Invalid token_lifetime_seconds {self.token_lifetime_seconds}: it must be > 0.")
         if self.job_duration_seconds < 0:
             raise ValueError(f"Invalid job_duration_seconds {self.job_duration_seconds}: it must be >= 0.")
+        if self.max_active_jobs_per_tenant < 1:
+            raise ValueError(
+                f"Invalid max_active_jobs_per_tenant {self.max_active_jobs_per_tenant}: it must be >= 1."
+            )
         if not self.site_codes():
             raise ValueError("Invalid sites: configure at least one site code.")
         for site_code in self.site_codes():

@@ -366,7 +366,8 @@ class EmulatorState:
         """Create an export job and start writing its file in a background thread.
 
         Raise :class:`UnknownSiteError` for a site code outside the configuration and
-        :class:`JobConflictError` while another job of ``tenant`` is active.
+        :class:`JobConflictError` while ``config.max_active_jobs_per_tenant`` jobs of
+        ``tenant`` are active (one by default, as in the API).
         """
         if site_code not in self.config.site_codes():
             raise UnknownSiteError(f"Unknown site code [{site_code}]")
@@ -374,7 +375,8 @@ class EmulatorState:
             if self._closed:
                 raise RuntimeError("The emulator state is closed.")
             self._refresh_jobs_locked()
-            if any(job.active for job in self._jobs.values() if job.tenant == tenant):
+            active_jobs = sum(1 for job in self._jobs.values() if job.active and job.tenant == tenant)
+            if active_jobs >= self.config.max_active_jobs_per_tenant:
                 raise JobConflictError("Another job is in progress. You can have only one job at the same time.")
             now = self.now()
             job = JobRecord(

@@ -12,7 +12,7 @@ from airflow_provider_sepa.emulator.config import EmulatorConfig
 from airflow_provider_sepa.emulator.orders import iter_orders
 from airflow_provider_sepa.emulator.sepa_xml import PAIN_008_NAMESPACE, summarize_pain008
 from airflow_provider_sepa.emulator.server import EmulatorServer
-from airflow_provider_sepa.emulator.state import EmulatorState, InjectedResponse, RequestContext
+from airflow_provider_sepa.emulator.state import EmulatorState, InjectedResponse, JobConflictError, RequestContext
 
 from .conftest import bearer, request_token, run_job
 
@@ -238,12 +238,30 @@ def test_state_close_removes_temp_dir() -> None:
         {"site_orders": {"big": -1}},
         {"token_lifetime_seconds": 0},
         {"job_duration_seconds": -1},
+        {"max_active_jobs_per_tenant": 0},
     ],
     ids=lambda overrides: json.dumps(overrides),
 )
 def test_config_rejects_invalid_values(overrides: dict) -> None:
     with pytest.raises(ValueError):
         EmulatorConfig(**overrides)
+
+
+def test_active_job_limit_raised() -> None:
+    state = EmulatorState(EmulatorConfig(job_duration_seconds=60, max_active_jobs_per_tenant=3))
+    try:
+        jobs = [state.create_job("demo", "main") for _ in range(3)]
+
+        with pytest.raises(JobConflictError):
+            state.create_job("demo", "shop-de")
+        other_tenant_job = state.create_job("other", "main")
+    finally:
+        state.close()
+
+    assert len({job.job_id for job in jobs}) == 3
+    assert all(job.active for job in jobs)
+    assert other_tenant_job.active
+    assert state.job_count(tenant="demo") == 3
 
 
 def test_config_secret_random_and_hidden() -> None:
