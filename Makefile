@@ -42,10 +42,12 @@ constraints:
 	rm -rf .venv-constraints
 	$(PYTHON) -m venv .venv-constraints
 	.venv-constraints/bin/python -m pip install --quiet "pip==$(PIP_VERSION)"
-	.venv-constraints/bin/python -m pip install --quiet ".[test,docs]"
-	{ echo "# Exact versions installed by 'make venv' and 'make docs' (Python 3.11), so every machine tests the same set."; \
+	.venv-constraints/bin/python -m pip install --quiet ".[test,docs,lint,release]" "setuptools>=77.0.3"
+	{ echo "# Exact versions installed by 'make venv', 'make docs', 'make lint' and 'make dist' (Python 3.11),"; \
+	  echo "# so every machine tests and builds with the same set. setuptools is the build backend that"; \
+	  echo "# 'make dist' installs in its isolated build environment."; \
 	  echo "# Regenerate with 'make constraints' after changing dependencies in pyproject.toml."; \
-	  .venv-constraints/bin/python -m pip freeze --exclude airflow-provider-sepa; } > constraints.txt
+	  .venv-constraints/bin/python -m pip freeze --all --exclude pip --exclude airflow-provider-sepa; } > constraints.txt
 	rm -rf .venv-constraints
 
 clean:
