@@ -29,6 +29,17 @@ $(DOCS_STAMP): $(STAMP) pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[docs]"
 	touch $(DOCS_STAMP)
 
+## test-floor: run the test suite on the lowest supported Airflow release, in .venv-floor.
+.PHONY: test-floor
+test-floor: .venv-floor/.installed
+	.venv-floor/bin/python -m pytest
+
+.venv-floor/.installed: pyproject.toml constraints-floor.txt
+	$(PYTHON) -m venv .venv-floor
+	.venv-floor/bin/python -m pip install --quiet --disable-pip-version-check "pip==$(PIP_VERSION)"
+	.venv-floor/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-floor.txt -e ".[test]"
+	touch .venv-floor/.installed
+
 ## demo: run the nightly DAG against the local emulator; files land under exports/.
 demo: $(STAMP)
 	$(BIN)/python -m airflow_provider_sepa.emulator.demo --dags-folder dags --output exports
