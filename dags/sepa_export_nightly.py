@@ -46,7 +46,11 @@ def sepa_export_nightly():
     def plan_exports(dag_run=None) -> list[dict[str, str]]:
         """Return one ``{site_code, destination}`` entry per configured site."""
         sites = Variable.get("sepa_export_sites", default=["main"], deserialize_json=True)
-        if not isinstance(sites, list) or not sites or not all(isinstance(s, str) and SITE_CODE.match(s) for s in sites):
+        if (
+            not isinstance(sites, list)
+            or not sites
+            or not all(isinstance(s, str) and SITE_CODE.match(s) for s in sites)
+        ):
             raise ValueError(
                 f"Invalid Variable sepa_export_sites {sites!r}: set it to a JSON list of site codes "
                 'such as ["main", "shop-de"] (letters, digits, - and _, because each code names a folder).'

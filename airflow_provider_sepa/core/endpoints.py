@@ -87,7 +87,9 @@ def _validate_identifier(value: Any, label: str, argument: str, example: str) ->
             f"Invalid {label} {value!r}: remove the surrounding spaces or control characters from {argument}."
         )
     if value in (".", ".."):
-        raise SepaExportInputError(f"Invalid {label} {value!r}: {argument} cannot be a path segment such as '.' or '..'.")
+        raise SepaExportInputError(
+            f"Invalid {label} {value!r}: {argument} cannot be a path segment such as '.' or '..'."
+        )
     return value
 
 

@@ -55,13 +55,13 @@ def parse_token_response(payload: Any, now: float | None = None) -> AccessToken:
     """
     if not isinstance(payload, dict) or not isinstance(payload.get("access_token"), str) or not payload["access_token"]:
         keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
-        raise SepaExportResponseError(
-            endpoints.TOKEN_ENDPOINT, 200, f"the reply has no access_token (fields: {keys})."
-        )
+        raise SepaExportResponseError(endpoints.TOKEN_ENDPOINT, 200, f"the reply has no access_token (fields: {keys}).")
     token_type = payload.get("token_type", "Bearer")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise SepaExportResponseError(
-            endpoints.TOKEN_ENDPOINT, 200, f"unsupported token_type {truncate_body(str(token_type))!r}; expected Bearer."
+            endpoints.TOKEN_ENDPOINT,
+            200,
+            f"unsupported token_type {truncate_body(str(token_type))!r}; expected Bearer.",
         )
     lifetime = payload.get("expires_in")
     if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or lifetime <= 0:

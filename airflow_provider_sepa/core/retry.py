@@ -186,15 +186,21 @@ class RequestAttempts:
             delay = self.policy.delay(self.attempts, parse_retry_after(retry_after))
             if delay is not None:
                 return Decision(Action.RETRY, delay=delay)
-            return Decision(Action.RAISE, error=self._server_error(status, self._retry_detail(status, body, retry_after)))
+            return Decision(
+                Action.RAISE, error=self._server_error(status, self._retry_detail(status, body, retry_after))
+            )
 
-        return Decision(Action.RAISE, error=error_for_status(self.endpoint, status, body, self.attempts, self.resource_id))
+        return Decision(
+            Action.RAISE, error=error_for_status(self.endpoint, status, body, self.attempts, self.resource_id)
+        )
 
     def _retry_detail(self, status: int, body: str, retry_after: str | None) -> str:
         detail = describe_error_body(body)
         seconds = parse_retry_after(retry_after)
         if seconds is not None and seconds > self.policy.max_retry_after:
-            detail += f" The server asked to wait {seconds:.0f} s, longer than the {self.policy.max_retry_after:.0f} s limit."
+            detail += (
+                f" The server asked to wait {seconds:.0f} s, longer than the {self.policy.max_retry_after:.0f} s limit."
+            )
         return detail
 
     def _server_error(self, status: int | None, detail: str) -> SepaExportServerError:

@@ -206,9 +206,7 @@ def authorize(state: EmulatorState, request: Request, tenant: str, required_scop
     return record
 
 
-def _parse_int_parameter(
-    request: Request, name: str, errors: list[tuple[str, str]], default: int
-) -> int:
+def _parse_int_parameter(request: Request, name: str, errors: list[tuple[str, str]], default: int) -> int:
     """Parse an optional int32 query parameter that must be >= 1, appending errors to ``errors``."""
     raw = request.query_params.get(name)
     if raw is None:

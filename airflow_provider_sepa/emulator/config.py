@@ -85,9 +85,7 @@ class EmulatorConfig:
     def validate(self) -> None:
         """Raise ValueError when a setting is out of range, naming the setting."""
         if not TENANT_PATTERN.fullmatch(self.tenant):
-            raise ValueError(
-                f"Invalid tenant {self.tenant!r}: use lowercase letters, digits, '-' or '_'."
-            )
+            raise ValueError(f"Invalid tenant {self.tenant!r}: use lowercase letters, digits, '-' or '_'.")
         if not self.client_id:
             raise ValueError("Invalid client_id: it must not be empty.")
         if not self.client_secret:
@@ -100,16 +98,12 @@ class EmulatorConfig:
         if self.job_duration_seconds < 0:
             raise ValueError(f"Invalid job_duration_seconds {self.job_duration_seconds}: it must be >= 0.")
         if self.max_active_jobs_per_tenant < 1:
-            raise ValueError(
-                f"Invalid max_active_jobs_per_tenant {self.max_active_jobs_per_tenant}: it must be >= 1."
-            )
+            raise ValueError(f"Invalid max_active_jobs_per_tenant {self.max_active_jobs_per_tenant}: it must be >= 1.")
         if not self.site_codes():
             raise ValueError("Invalid sites: configure at least one site code.")
         for site_code in self.site_codes():
             if not SITE_CODE_PATTERN.fullmatch(site_code):
-                raise ValueError(
-                    f"Invalid site code {site_code!r}: use 1 to 24 letters, digits, '-' or '_'."
-                )
+                raise ValueError(f"Invalid site code {site_code!r}: use 1 to 24 letters, digits, '-' or '_'.")
         self._validate_order_counts()
         if self.request_log_limit < 1:
             raise ValueError(f"Invalid request_log_limit {self.request_log_limit}: it must be >= 1.")
@@ -121,9 +115,7 @@ class EmulatorConfig:
         else:
             low, high = self.orders_per_site
             if low < 0 or high < low:
-                raise ValueError(
-                    f"Invalid orders_per_site range {self.orders_per_site}: expected 0 <= min <= max."
-                )
+                raise ValueError(f"Invalid orders_per_site range {self.orders_per_site}: expected 0 <= min <= max.")
         for site_code, count in self.site_orders.items():
             if count < 0:
                 raise ValueError(f"Invalid site_orders[{site_code!r}] {count}: it must be >= 0.")

@@ -84,7 +84,9 @@ def _prepare_output(output: Path) -> None:
             )
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
-    (output / OUTPUT_MARKER).write_text("Written by the SEPA export demo; the demo clears this folder on its next run.\n")
+    (output / OUTPUT_MARKER).write_text(
+        "Written by the SEPA export demo; the demo clears this folder on its next run.\n"
+    )
 
 
 def check_exports(output: Path, sites: list[str], state) -> list[ExportCheck]:  # noqa: ANN001 - EmulatorState

@@ -320,8 +320,6 @@ def _enum_value(enum_type: type[enum.Enum], value: Any, label: str) -> Any:
         raise ValueError(f"Invalid {label} {value!r}: use one of {choices}.") from None
 
 
-
-
 _INTEGER_TEXT = re.compile(r"[0-9]{1,9}")
 _SECONDS_TEXT = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,6})?")
 # Option names of the string syntax and the Fault fields they set.

@@ -237,9 +237,7 @@ def _summarize(source: IO[bytes]) -> dict[str, Any]:
 
     for event, element in ElementTree.iterparse(source, events=("start", "end")):
         if not element.tag.startswith(prefix):
-            raise ValueError(
-                f"Unexpected element {element.tag!r}: expected the namespace {PAIN_008_NAMESPACE}."
-            )
+            raise ValueError(f"Unexpected element {element.tag!r}: expected the namespace {PAIN_008_NAMESPACE}.")
         name = element.tag[len(prefix) :]
         if event == "start":
             if not names and name != "Document":

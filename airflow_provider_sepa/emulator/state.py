@@ -465,9 +465,7 @@ class EmulatorState:
                 )
                 orders = iter_orders(self.config.seed, job.site_code, count)
                 with open(partial_path, "wb") as output:
-                    result = write_pain008(
-                        output, header, orders, totals.count, totals.amount_sum, cancel=self._cancel
-                    )
+                    result = write_pain008(output, header, orders, totals.count, totals.amount_sum, cancel=self._cancel)
                 partial_path.replace(final_path)
                 file_record = FileRecord(
                     file_id=file_id,

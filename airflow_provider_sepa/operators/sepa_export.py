@@ -219,9 +219,7 @@ class SepaExportCreateJobOperator(BaseOperator):
         return job
 
     def _log_finished(self, job: ExportJob) -> None:
-        self.log.info(
-            "Export job %s finished: %s orders, file %s.", job.job_id, job.orders_exported_count, job.file_id
-        )
+        self.log.info("Export job %s finished: %s orders, file %s.", job.job_id, job.orders_exported_count, job.file_id)
 
     def _wait(self, hook: SepaExportHook, site_code: str, job_id: str, deadline: float) -> ExportJob:
         started = time.monotonic()

@@ -73,7 +73,15 @@ def _token(url: str, client_id: str, secret: str) -> str:
 def test_cli_serves_and_stops_on_sigterm(tmp_path: Path, processes: list) -> None:
     secret = "cli-test-secret-0123456789"
     process, url = _start(
-        tmp_path, "--tenant", "acme", "--client-id", "cli-client", "--job-duration", "0.1", "--sites", "north,south",
+        tmp_path,
+        "--tenant",
+        "acme",
+        "--client-id",
+        "cli-client",
+        "--job-duration",
+        "0.1",
+        "--sites",
+        "north,south",
         secret=secret,
     )
     processes.append(process)

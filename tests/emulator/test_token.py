@@ -108,9 +108,7 @@ def test_token_missing_grant_type(server: EmulatorServer, client: httpx.Client) 
 
 
 def test_token_requested_scope_subset(server: EmulatorServer, client: httpx.Client) -> None:
-    response = client.post(
-        "/oauth/token", data=_token_form(server, scope="sepaexport.media_view sepaexport.job_view")
-    )
+    response = client.post("/oauth/token", data=_token_form(server, scope="sepaexport.media_view sepaexport.job_view"))
 
     assert response.status_code == 200
     assert response.json()["scope"] == "tenant=demo sepaexport.job_view sepaexport.media_view"

@@ -108,9 +108,7 @@ class TestSepaExportHookAgainstEmulator:
     def test_uppercase_tenant_rejected_before_request(self, monkeypatch, emporix_conn, emulator):
         import json
 
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_EMPORIX_DEFAULT", json.dumps({**emporix_conn, "extra": {"tenant": "Demo"}})
-        )
+        monkeypatch.setenv("AIRFLOW_CONN_EMPORIX_DEFAULT", json.dumps({**emporix_conn, "extra": {"tenant": "Demo"}}))
 
         with pytest.raises(SepaExportConfigError, match="'demo'"):
             SepaExportHook().list_jobs("main")
@@ -170,7 +168,9 @@ class TestSepaExportCreateJobOperator:
         assert emulator.state.job_count() == 2
         assert emulator.state.job_count(site_code="main") == 1
 
-    @pytest.mark.parametrize("emulator_config", [EmulatorConfig(sites=SITES, job_duration_seconds=30)], ids=["slow-job"])
+    @pytest.mark.parametrize(
+        "emulator_config", [EmulatorConfig(sites=SITES, job_duration_seconds=30)], ids=["slow-job"]
+    )
     def test_conflict_times_out(self, emulator):
         SepaExportHook().create_job("shop-de")
         operator = SepaExportCreateJobOperator(task_id="create", site_code="main", poll_interval=0.1, timeout=0.5)
@@ -191,7 +191,9 @@ class TestSepaExportCreateJobOperator:
         assert context["ti"].xcom["job"]["state"] == "succeeded"
         assert context["ti"].xcom["job"]["file_id"]
 
-    @pytest.mark.parametrize("site_code", ["", "   ", " main", "..", "ma\nin"], ids=["empty", "blank", "space", "dots", "newline"])
+    @pytest.mark.parametrize(
+        "site_code", ["", "   ", " main", "..", "ma\nin"], ids=["empty", "blank", "space", "dots", "newline"]
+    )
     def test_bad_site_code_rejected_before_request(self, emulator, site_code):
         operator = SepaExportCreateJobOperator(task_id="create", site_code=site_code)
 
@@ -260,7 +262,9 @@ class TestSepaExportDownloadOperator:
 
         result = operator.execute(make_context())
 
-        assert (tmp_path / "sepa" / "shop-de.xml").read_bytes() == emulator.state.file_info(job.file_id)["path"].read_bytes()
+        assert (tmp_path / "sepa" / "shop-de.xml").read_bytes() == emulator.state.file_info(job.file_id)[
+            "path"
+        ].read_bytes()
         assert result["size_bytes"] == emulator.state.file_info(job.file_id)["size"]
 
     @pytest.mark.parametrize(

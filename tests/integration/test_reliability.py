@@ -104,7 +104,9 @@ def no_duplicates_or_partials(request, emulator, export_dir):
     so there only the jobs created through the create endpoint count.
     """
     yield
-    creates = [entry for entry in emulator.state.request_log() if entry["method"] == "POST" and entry["path"].endswith("/jobs")]
+    creates = [
+        entry for entry in emulator.state.request_log() if entry["method"] == "POST" and entry["path"].endswith("/jobs")
+    ]
     if request.node.get_closest_marker("injected_jobs"):
         assert len([entry for entry in creates if entry["status_code"] == 201]) <= 1
     else:
@@ -402,7 +404,11 @@ class TestJobOutcomes:
         emulator.faults.add("create:newer-jobs=60")
 
         run = run_export(leak_watch, export_dir)
-        pages = {entry["query"].get("pageNumber") for entry in emulator.state.request_log() if entry["path"].endswith("/jobs")}
+        pages = {
+            entry["query"].get("pageNumber")
+            for entry in emulator.state.request_log()
+            if entry["path"].endswith("/jobs")
+        }
 
         assert_file_matches_server(run, emulator)
         assert "2" in pages
@@ -456,7 +462,9 @@ class TestDownloadFaults:
 
 @pytest.mark.usefixtures("emporix_conn")
 class TestBadInput:
-    @pytest.mark.parametrize("site", ["", "   ", "..", "main\r\nX-Injected: 1"], ids=["empty", "blank", "dot-dot", "crlf"])
+    @pytest.mark.parametrize(
+        "site", ["", "   ", "..", "main\r\nX-Injected: 1"], ids=["empty", "blank", "dot-dot", "crlf"]
+    )
     def test_bad_site_code(self, emulator, leak_watch, export_dir, site):
         run = run_export(leak_watch, export_dir, site=site)
 
@@ -467,9 +475,13 @@ class TestBadInput:
         run = run_export(leak_watch, export_dir, site="main/../../x")
 
         assert run.error is not None
-        assert all(entry["path"] in ("/oauth/token", "/sepa-export/demo/jobs") for entry in emulator.state.request_log())
+        assert all(
+            entry["path"] in ("/oauth/token", "/sepa-export/demo/jobs") for entry in emulator.state.request_log()
+        )
 
-    @pytest.mark.parametrize("file_id", ["../jobs", "a/b", "x?y=1", "%2e%2e"], ids=["dot-dot", "slash", "query", "encoded"])
+    @pytest.mark.parametrize(
+        "file_id", ["../jobs", "a/b", "x?y=1", "%2e%2e"], ids=["dot-dot", "slash", "query", "encoded"]
+    )
     def test_file_id_cannot_change_path(self, emulator, leak_watch, export_dir, file_id):
         operator = SepaExportDownloadOperator(task_id="download", file_id=file_id, destination=f"{export_dir}/x.xml")
 

@@ -96,7 +96,8 @@ class TestJobFromEvent:
         assert type(raised.value) is SepaExportError
 
     @pytest.mark.parametrize(
-        "job", [None, "job", {}, {"job_id": 7}, {"job_id": JOB_ID, "created_at": "yesterday"}],
+        "job",
+        [None, "job", {}, {"job_id": 7}, {"job_id": JOB_ID, "created_at": "yesterday"}],
         ids=["none", "string", "empty", "id-not-string", "bad-timestamp"],
     )
     def test_success_with_malformed_job_raises(self, job):

@@ -10,7 +10,16 @@ import pytest
 
 LIGHT_MODULES = ["airflow_provider_sepa.operators.sepa_export", "airflow_provider_sepa.sensors.sepa_export"]
 # Modules that only a running task, the triggerer or the emulator may load.
-HEAVY_PREFIXES = ("requests", "urllib3", "fastapi", "starlette", "uvicorn", "xml", "lxml", "airflow_provider_sepa.emulator")
+HEAVY_PREFIXES = (
+    "requests",
+    "urllib3",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "xml",
+    "lxml",
+    "airflow_provider_sepa.emulator",
+)
 
 PROBE = """
 import json, sys

@@ -25,7 +25,10 @@ JOB_ID = "884cf047-94a2-42ae-8a89-7084c3259ef2"
 FILE_ID = "7739a523-cbc9-446b-b254-378d37312fbb"
 TRIGGER_PATH = "airflow_provider_sepa.triggers.sepa_export.SepaExportJobTrigger"
 BODY_401_EXPIRED = {
-    "fault": {"faultstring": "Access Token expired", "detail": {"errorcode": "keymanagement.service.access_token_expired"}}
+    "fault": {
+        "faultstring": "Access Token expired",
+        "detail": {"errorcode": "keymanagement.service.access_token_expired"},
+    }
 }
 
 
@@ -177,7 +180,13 @@ class TestSerialization:
         assert classpath == TRIGGER_PATH
         assert rebuilt.serialize() == (classpath, kwargs)
         assert set(kwargs) == {
-            "site_code", "job_id", "deadline", "started_at", "emporix_conn_id", "poll_interval", "page_size",
+            "site_code",
+            "job_id",
+            "deadline",
+            "started_at",
+            "emporix_conn_id",
+            "poll_interval",
+            "page_size",
             "job_not_found_timeout",
         }
 
@@ -483,7 +492,11 @@ class TestTriggerErrors:
 
     def test_invalid_connection_extra(self, monkeypatch, api, hooks_built):
         connection = {
-            "conn_type": "emporix", "host": api.base_url, "login": "id", "password": "pw", "extra": "{not json"
+            "conn_type": "emporix",
+            "host": api.base_url,
+            "login": "id",
+            "password": "pw",
+            "extra": "{not json",
         }
         monkeypatch.setenv("AIRFLOW_CONN_EMPORIX_DEFAULT", json.dumps(connection))
 
@@ -545,9 +558,7 @@ class PausedTokenEndpoint:
         return httpx.Response(200, json={"access_token": token, "token_type": "Bearer", "expires_in": 3600})
 
     def hook(self) -> SepaExportAsyncHook:
-        return SepaExportAsyncHook(
-            retry_policy=RetryPolicy(max_attempts=1), transport=httpx.MockTransport(self.handle)
-        )
+        return SepaExportAsyncHook(retry_policy=RetryPolicy(max_attempts=1), transport=httpx.MockTransport(self.handle))
 
 
 class TestTokenSingleFlight:
@@ -766,7 +777,10 @@ class TestHookParity:
 
         assert jobs == []
         assert dict(transport_requests[0].url.params) == {
-            "siteCode": SITE_CODE, "pageNumber": "3", "pageSize": "7", "sort": "ASC",
+            "siteCode": SITE_CODE,
+            "pageNumber": "3",
+            "pageSize": "7",
+            "sort": "ASC",
         }
         assert transport_requests[0].headers["Authorization"] == "Bearer async-token-Hy71q"
         assert transport_requests[0].headers["User-Agent"] == "airflow-provider-sepa"
