@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
 PIP_VERSION := 26.3
 
-.PHONY: venv test demo emulator constraints clean
+.PHONY: venv test demo emulator constraints bench clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,11 @@ demo: $(STAMP)
 ## emulator: start the local API emulator on 127.0.0.1:8765 and print its client secret.
 emulator: $(STAMP)
 	$(BIN)/python -m airflow_provider_sepa.emulator --port 8765 --print-secret
+
+## bench: measure import cost, requests per export and download speed and memory;
+## builds .venv-bench with reference providers once, appends results to docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py --base-python $(PYTHON) --record docs/benchmarks.md
 
 ## constraints: pin the versions of a fresh install into constraints.txt.
 constraints:
