@@ -19,8 +19,8 @@ import re
 from datetime import timedelta
 
 import pendulum
-
 from airflow.sdk import AssetAlias, CronTriggerTimetable, Variable, dag, task, task_group
+
 from airflow_provider_sepa.operators.sepa_export import SepaExportCreateJobOperator, SepaExportDownloadOperator
 from airflow_provider_sepa.sensors.sepa_export import SepaExportJobSensor
 

@@ -6,8 +6,8 @@ import os
 from datetime import timedelta
 
 import pendulum
-
 from airflow.sdk import Param, dag
+
 from airflow_provider_sepa.operators.sepa_export import SepaExportCreateJobOperator, SepaExportDownloadOperator
 from airflow_provider_sepa.sensors.sepa_export import SepaExportJobSensor
 

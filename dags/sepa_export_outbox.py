@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 
 import pendulum
-
 from airflow.sdk import AssetAlias, Variable, dag, task
 
 NEW_FILES = AssetAlias("sepa_export_files")

@@ -262,7 +262,8 @@ def _parse_extra(conn_id: str, extra: str | dict[str, Any] | None) -> dict[str, 
         parsed = json.loads(extra)
     except ValueError:
         raise SepaExportConfigError(
-            f'Connection {conn_id!r}: the Extra field is not valid JSON. Use an object such as {{"tenant": "mytenant"}}.'
+            f"Connection {conn_id!r}: the Extra field is not valid JSON. "
+            'Use an object such as {"tenant": "mytenant"}.'
         ) from None
     if not isinstance(parsed, dict):
         raise SepaExportConfigError(

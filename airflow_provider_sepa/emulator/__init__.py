@@ -18,18 +18,19 @@ from airflow_provider_sepa.emulator.config import ALL_SCOPES, EmulatorConfig
 from airflow_provider_sepa.emulator.faults import DelayStage, Fault, FaultKind, JobOutcome, parse_fault
 
 if TYPE_CHECKING:
-    from airflow_provider_sepa.emulator.app import create_app
-    from airflow_provider_sepa.emulator.cli import main
-    from airflow_provider_sepa.emulator.fault_injector import FaultInjector, FaultRule
-    from airflow_provider_sepa.emulator.iban import iban_is_valid
-    from airflow_provider_sepa.emulator.sepa_xml import summarize_pain008, summarize_pain008_file
-    from airflow_provider_sepa.emulator.server import EmulatorServer
-    from airflow_provider_sepa.emulator.state import (
-        JOB_STATUS_COMPLETED,
-        JOB_STATUS_FAILED,
-        JOB_STATUS_IN_PROGRESS,
-        EmulatorState,
-    )
+    # The "name as name" form marks each import as a re-export for linters and type checkers.
+    from airflow_provider_sepa.emulator.app import create_app as create_app
+    from airflow_provider_sepa.emulator.cli import main as main
+    from airflow_provider_sepa.emulator.fault_injector import FaultInjector as FaultInjector
+    from airflow_provider_sepa.emulator.fault_injector import FaultRule as FaultRule
+    from airflow_provider_sepa.emulator.iban import iban_is_valid as iban_is_valid
+    from airflow_provider_sepa.emulator.sepa_xml import summarize_pain008 as summarize_pain008
+    from airflow_provider_sepa.emulator.sepa_xml import summarize_pain008_file as summarize_pain008_file
+    from airflow_provider_sepa.emulator.server import EmulatorServer as EmulatorServer
+    from airflow_provider_sepa.emulator.state import JOB_STATUS_COMPLETED as JOB_STATUS_COMPLETED
+    from airflow_provider_sepa.emulator.state import JOB_STATUS_FAILED as JOB_STATUS_FAILED
+    from airflow_provider_sepa.emulator.state import JOB_STATUS_IN_PROGRESS as JOB_STATUS_IN_PROGRESS
+    from airflow_provider_sepa.emulator.state import EmulatorState as EmulatorState
 
 # Public name -> submodule that defines it, loaded on first attribute access.
 _LAZY_EXPORTS = {

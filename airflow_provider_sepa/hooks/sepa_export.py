@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -37,7 +38,6 @@ from airflow_provider_sepa.core.retry import (
 if TYPE_CHECKING:
     import httpx
     import requests
-
     from airflow.sdk import ObjectStoragePath
 
 #: Size of the chunks a download is read and written in, in bytes.
@@ -552,10 +552,8 @@ def _publish_storage(staged: str, target: Any, digest: str, file_id: str) -> str
             for chunk in iter(lambda: source.read(DOWNLOAD_CHUNK_SIZE), b""):
                 sink.write(chunk)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             target.unlink()
-        except FileNotFoundError:
-            pass
         raise
     return str(target)
 

@@ -299,12 +299,14 @@ def test_drop_during_file_body(server: EmulatorServer, client: httpx.Client, aut
     server.faults.drop_during_body(after_bytes=1000)
     received = bytearray()
 
-    with pytest.raises(httpx.RemoteProtocolError, match="without sending complete message body"):
-        with client.stream("GET", f"/sepa-export/demo/files/{file_id}", headers=auth) as response:
-            assert response.status_code == 200
-            assert int(response.headers["content-length"]) == len(data)
-            for chunk in response.iter_raw():
-                received += chunk
+    with (
+        pytest.raises(httpx.RemoteProtocolError, match="without sending complete message body"),
+        client.stream("GET", f"/sepa-export/demo/files/{file_id}", headers=auth) as response,
+    ):
+        assert response.status_code == 200
+        assert int(response.headers["content-length"]) == len(data)
+        for chunk in response.iter_raw():
+            received += chunk
 
     assert bytes(received) == data[:1000]
     entry = last_log_entry(server)
@@ -328,10 +330,12 @@ def test_drop_during_body_never_sends_all(server: EmulatorServer, client: httpx.
     server.faults.drop_during_body(after_bytes=len(data) + 100)
     received = bytearray()
 
-    with pytest.raises(httpx.RemoteProtocolError):
-        with client.stream("GET", f"/sepa-export/demo/files/{file_id}", headers=auth) as response:
-            for chunk in response.iter_raw():
-                received += chunk
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        client.stream("GET", f"/sepa-export/demo/files/{file_id}", headers=auth) as response,
+    ):
+        for chunk in response.iter_raw():
+            received += chunk
 
     assert bytes(received) == data[:-1]
 
@@ -512,11 +516,13 @@ def test_bom_with_drop_during_body(server: EmulatorServer, client: httpx.Client,
     server.faults.drop_during_body(after_bytes=100)
     received = bytearray()
 
-    with pytest.raises(httpx.RemoteProtocolError):
-        with client.stream("GET", f"/sepa-export/demo/files/{file_id}", headers=auth) as response:
-            assert int(response.headers["content-length"]) == len(data) + 3
-            for chunk in response.iter_raw():
-                received += chunk
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        client.stream("GET", f"/sepa-export/demo/files/{file_id}", headers=auth) as response,
+    ):
+        assert int(response.headers["content-length"]) == len(data) + 3
+        for chunk in response.iter_raw():
+            received += chunk
 
     assert bytes(received) == UTF8_BOM + data[:100]
 

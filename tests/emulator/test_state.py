@@ -191,7 +191,7 @@ def test_server_rejects_non_loopback_host(host: str) -> None:
 def test_server_url_and_stop(tmp_path) -> None:
     server = EmulatorServer(EmulatorConfig(job_duration_seconds=0.1))
     with pytest.raises(RuntimeError):
-        server.url
+        _ = server.url
 
     with server:
         assert server.url == f"http://127.0.0.1:{server.port}"

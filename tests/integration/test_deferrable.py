@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-
 from airflow.sdk.exceptions import AirflowSensorTimeout, TaskDeferred
+
 from airflow_provider_sepa.core.errors import (
     SepaExportJobFailedError,
     SepaExportJobNotFoundError,

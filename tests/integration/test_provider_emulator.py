@@ -8,8 +8,8 @@ import time
 from datetime import timedelta
 
 import pytest
-
 from airflow.sdk import PokeReturnValue
+
 from airflow_provider_sepa.core.errors import (
     SepaExportConfigError,
     SepaExportInputError,
@@ -18,11 +18,11 @@ from airflow_provider_sepa.core.errors import (
     SepaExportTimeoutError,
 )
 from airflow_provider_sepa.core.jobs import JobState
+from airflow_provider_sepa.emulator.config import EmulatorConfig
 from airflow_provider_sepa.emulator.sepa_xml import summarize_pain008
 from airflow_provider_sepa.hooks.sepa_export import SepaExportHook
 from airflow_provider_sepa.operators.sepa_export import SepaExportCreateJobOperator, SepaExportDownloadOperator
 from airflow_provider_sepa.sensors.sepa_export import SepaExportJobSensor
-from airflow_provider_sepa.emulator.config import EmulatorConfig
 from tests.integration.conftest import SITES, make_context
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("emporix_conn")]

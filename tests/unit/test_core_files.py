@@ -59,7 +59,7 @@ class TestCheckDestination:
             check_destination(destination)
 
     def test_check_destination_relative_suggests_absolute(self):
-        with pytest.raises(SepaExportInputError, match="For example /data/sepa/out/main.xml"):
+        with pytest.raises(SepaExportInputError, match=r"For example /data/sepa/out/main\.xml"):
             check_destination("./out/main.xml")
 
 

@@ -107,7 +107,7 @@ class TestJobFromEvent:
     def test_failed_raises_job_failed(self):
         event = {"status": "failed", "job": job_dict(status="FAILED"), "message": "Export job x failed: boom."}
 
-        with pytest.raises(SepaExportJobFailedError, match="Export job x failed: boom."):
+        with pytest.raises(SepaExportJobFailedError, match=r"Export job x failed: boom\."):
             waiting.job_from_event(event, JOB_ID)
 
     def test_timeout_raises_timeout(self):

@@ -130,7 +130,7 @@ class TestSepaExportHookSecrets:
         message = f"{error}\n{error!r}\n{error.args!r}"
 
         assert api.client_secret not in message
-        for token in token_endpoint.issued + ["leaked-form-token-value"]:
+        for token in [*token_endpoint.issued, "leaked-form-token-value"]:
             assert token not in message
 
     @pytest.mark.parametrize("failure", FAILURES, ids=FAILURE_IDS)
@@ -138,7 +138,7 @@ class TestSepaExportHookSecrets:
         run_failure(failure, hook, api, requests_mock, tmp_path)
 
         assert api.client_secret not in captured_logs.text
-        for token in token_endpoint.issued + ["leaked-form-token-value"]:
+        for token in [*token_endpoint.issued, "leaked-form-token-value"]:
             assert token not in captured_logs.text
 
     def test_secrets_echo_redacted(self, hook, api, requests_mock, token_endpoint, tmp_path):

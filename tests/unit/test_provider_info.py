@@ -8,9 +8,9 @@ import sys
 import types
 from pathlib import Path
 
+import airflow
 import pytest
 
-import airflow
 from airflow_provider_sepa.get_provider_info import CONNECTION_FIELDS, UI_FIELD_BEHAVIOUR, get_provider_info
 from airflow_provider_sepa.hooks.sepa_export import SepaExportHook
 
