@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from airflow_provider_sepa.core import endpoints, payloads
 from airflow_provider_sepa.core.errors import (
@@ -58,7 +58,8 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Return the jittered wait after the given failed attempt (1-based), in seconds."""
-        ceiling = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
+        # int ** int is typed as Any, because a negative exponent gives a float.
+        ceiling: float = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
         # Equal jitter: at least half of the exponential wait, so retries still spread out.
         return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
 
@@ -292,12 +293,19 @@ def describe_error_body(body: str) -> str:
     return truncate_body("; ".join(messages) if messages else text)
 
 
+class _ErrorContext(TypedDict):
+    """Keyword arguments that every exception built by :func:`error_for_status` gets."""
+
+    attempts: int
+    resource_id: str | None
+
+
 def error_for_status(
     endpoint: str, status: int, body: str, attempts: int, resource_id: str | None
 ) -> SepaExportApiError:
     """Build the exception for a final non-2xx response."""
     detail = describe_error_body(body)
-    kwargs = {"attempts": attempts, "resource_id": resource_id}
+    kwargs: _ErrorContext = {"attempts": attempts, "resource_id": resource_id}
     if status == 401:
         if endpoint == endpoints.TOKEN_ENDPOINT:
             hint = "Check the client id (Login) and client secret (Password) of the connection."

@@ -26,6 +26,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_provider_sepa.emulator.state import EmulatorState
 
 DEFAULT_SITES = ("main", "shop-de", "shop-at", "shop-fr")
 #: Marker file that lets the demo clear its own earlier output, and nothing else.
@@ -45,7 +49,9 @@ class ExportCheck:
     problems: list[str]
 
 
-def _airflow_env(home: Path, dags_folder: Path, output: Path, connection: dict, sites: list[str]) -> dict[str, str]:
+def _airflow_env(
+    home: Path, dags_folder: Path, output: Path, connection: dict[str, Any], sites: list[str]
+) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW_", "AIRFLOW__"))}
     env.update(
         {
@@ -89,7 +95,7 @@ def _prepare_output(output: Path) -> None:
     )
 
 
-def check_exports(output: Path, sites: list[str], state) -> list[ExportCheck]:  # noqa: ANN001 - EmulatorState
+def check_exports(output: Path, sites: list[str], state: EmulatorState) -> list[ExportCheck]:
     """Check the file of every site under ``output`` against the emulator's copy."""
     from airflow_provider_sepa.emulator.sepa_xml import summarize_pain008
 
@@ -139,7 +145,7 @@ def _print_summary(checks: list[ExportCheck], root: Path) -> None:
         except ValueError:
             display_path = check.path
         print(
-            f"{check.site_code:<10} {str(display_path):<62} {check.size_bytes:>8} {check.transactions:>4} "
+            f"{check.site_code:<10} {display_path!s:<62} {check.size_bytes:>8} {check.transactions:>4} "
             f"{check.ctrl_sum:>10}  {check.sha256}"
         )
         for problem in check.problems:

@@ -89,7 +89,9 @@ def error_body(status_code: int) -> dict[str, Any]:
     """Return the default JSON body of an injected error status."""
     contract_body = _CONTRACT_BODIES.get(status_code)
     if contract_body is not None:
-        return json.loads(json.dumps(contract_body))
+        # A deep copy, so that a caller cannot change the shared default.
+        body: dict[str, Any] = json.loads(json.dumps(contract_body))
+        return body
     gateway_fault = _GATEWAY_FAULTS.get(status_code)
     if gateway_fault is not None:
         faultstring, errorcode = gateway_fault

@@ -212,7 +212,7 @@ class Fault:
             return f"{kind.value}={self.outcome.value}"
         if kind is FaultKind.NEWER_JOBS:
             return f"{kind.value}={self.count}"
-        return kind.value
+        return str(kind.value)
 
     def _validate_scope(self) -> None:
         if self.endpoint not in ENDPOINTS:

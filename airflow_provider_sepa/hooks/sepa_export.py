@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timezone
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow.sdk import BaseHook
 
@@ -42,6 +42,21 @@ if TYPE_CHECKING:
 
 #: Size of the chunks a download is read and written in, in bytes.
 DOWNLOAD_CHUNK_SIZE = 1024 * 1024
+
+
+class _BufferedResponse(Protocol):
+    """The members of a ``requests`` or ``httpx`` response with its body in memory that both hooks read."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    @property
+    def text(self) -> str: ...
+
+    def json(self) -> Any: ...
 
 
 def _mask_secret(value: str) -> None:
@@ -217,7 +232,7 @@ class SepaExportHook(BaseHook):
                 self._sleep(delay)
 
     @staticmethod
-    def _json(response: requests.Response, endpoint: str, resource_id: str, *, quote_body: bool = True) -> Any:
+    def _json(response: _BufferedResponse, endpoint: str, resource_id: str, *, quote_body: bool = True) -> Any:
         """Decode a JSON body. With ``quote_body=False`` the error leaves out the body, which may contain a token."""
         try:
             return response.json()
@@ -437,12 +452,17 @@ def _classify_connection_error(error: Exception) -> TransportFailure:
 def _read_error_body(response: requests.Response, streamed: bool, limit: int = 4096) -> str:
     """Return at most ``limit`` bytes of an error body as text, without reading a large body whole."""
     if not streamed:
-        return response.content[:limit].decode("utf-8", errors="replace")
+        return _buffered_error_body(response, limit)
     try:
         raw = response.raw.read(limit, decode_content=True)
     except Exception:  # noqa: BLE001 - an unreadable error body must not hide the status
         return ""
     return (raw or b"").decode("utf-8", errors="replace")
+
+
+def _buffered_error_body(response: _BufferedResponse, limit: int = 4096) -> str:
+    """Return at most ``limit`` bytes of a body that is already in memory, as text."""
+    return response.content[:limit].decode("utf-8", errors="replace")
 
 
 def _wire_bytes_read(response: requests.Response, decoded_size: int) -> int:
@@ -775,7 +795,7 @@ class SepaExportAsyncHook(BaseHook):
             else:
                 # The sync hook reads the body unless Response.ok (status < 400), so both quote the same bodies.
                 failed = response.status_code >= 400
-                body = _read_error_body(response, streamed=False) if failed else ""
+                body = _buffered_error_body(response) if failed else ""
                 body = redact(body, settings.client_secret, token)
                 decision = attempts.after_response(response.status_code, body, response.headers.get("Retry-After"))
                 if decision.action is Action.RETURN:

@@ -62,7 +62,7 @@ class SepaExportJobTrigger(BaseTrigger):
         page_size: int = 50,
         job_not_found_timeout: float | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # BaseTrigger.__init__ has no annotations (Airflow 3.3).
         self.site_code = site_code
         self.job_id = job_id
         self.deadline = float(deadline)
@@ -95,7 +95,7 @@ class SepaExportJobTrigger(BaseTrigger):
         """Poll until the job finishes, fails or times out, or an error ends the wait, then yield one event."""
         # The event is built first, so the HTTP client is closed before the event is yielded.
         payload = await self._wait_for_job()
-        yield TriggerEvent(payload)
+        yield TriggerEvent(payload)  # type: ignore[no-untyped-call]  # TriggerEvent.__init__ has no annotations (Airflow 3.3).
 
     async def _wait_for_job(self) -> dict[str, Any]:
         try:
