@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timezone
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from airflow.sdk import BaseHook
 
@@ -511,10 +511,15 @@ def _local_path_of(target: Any) -> str | None:
 
 
 def _sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(DOWNLOAD_CHUNK_SIZE), b""):
-            digest.update(chunk)
+        return _sha256_of_stream(handle)
+
+
+def _sha256_of_stream(stream: IO[bytes]) -> str:
+    # hashlib.file_digest does the same, but only from Python 3.11 on.
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: stream.read(DOWNLOAD_CHUNK_SIZE), b""):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -556,7 +561,7 @@ def _publish_storage(staged: str, target: Any, digest: str, file_id: str) -> str
     """Copy a complete download to object storage; delete the object again if the copy fails."""
     if target.exists():
         with target.open("rb") as existing:
-            same = hashlib.file_digest(existing, "sha256").hexdigest() == digest
+            same = _sha256_of_stream(existing) == digest
         if same:
             return str(target)
         raise SepaExportDownloadError(
