@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
+LINT_STAMP := $(VENV)/.lint-installed
+# Folders that ruff checks. mypy checks the package that pyproject.toml names.
+LINT_PATHS := airflow_provider_sepa dags tests benchmarks .ci
 PIP_VERSION := 26.3
 
 .PHONY: venv test demo emulator constraints bench clean
@@ -39,6 +42,17 @@ test-floor: .venv-floor/.installed
 	.venv-floor/bin/python -m pip install --quiet --disable-pip-version-check "pip==$(PIP_VERSION)"
 	.venv-floor/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-floor.txt -e ".[test]"
 	touch .venv-floor/.installed
+
+## lint: check style and formatting with ruff, and the package's types with mypy in strict mode.
+.PHONY: lint
+lint: $(LINT_STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
+
+$(LINT_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[lint]"
+	touch $(LINT_STAMP)
 
 ## demo: run the nightly DAG against the local emulator; files land under exports/.
 demo: $(STAMP)
