@@ -8,6 +8,7 @@ imports ``httpx`` in a worker thread when it builds its client.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -43,7 +44,8 @@ class SepaExportJobTrigger(BaseTrigger):
     :param started_at: the wall-clock start of the wait in seconds since the epoch; the
         seconds in messages and the ``job_not_found_timeout`` count from it.
     :param emporix_conn_id: id of the Airflow connection of type ``emporix``.
-    :param poll_interval: seconds between two checks of the job list.
+    :param poll_interval: seconds between two checks of the job list. The first check
+        comes after a random part of it.
     :param page_size: jobs per page when the trigger follows the job list's pages.
     :param job_not_found_timeout: seconds the job may be missing from the job list before
         the trigger reports :class:`SepaExportJobNotFoundError`; ``None`` keeps looking
@@ -116,6 +118,7 @@ class SepaExportJobTrigger(BaseTrigger):
             }
 
     async def _poll(self, hook: SepaExportAsyncHook) -> dict[str, Any]:
+        await self._wait_before_first_check()
         last_status: str | None = None
         while True:
             job = await self._find_job(hook)
@@ -135,6 +138,17 @@ class SepaExportJobTrigger(BaseTrigger):
                 self.log.warning("%s", message)
                 return {"status": waiting.EVENT_TIMEOUT, "message": message}
             await asyncio.sleep(min(self.poll_interval, self.deadline - now))
+
+    async def _wait_before_first_check(self) -> None:
+        """Wait a random part of one poll interval, but never past the deadline.
+
+        Triggers that start together, as after a triggerer restart, then spread their polls
+        over the interval instead of polling in step, in bursts that block the event loop.
+        The task checked the job just before it deferred, so the first check can wait.
+        """
+        delay = min(random.uniform(0, self.poll_interval), self.deadline - time.time())
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     async def _find_job(self, hook: SepaExportAsyncHook) -> ExportJob | None:
         """Return the job, or ``None`` while it is missing from the job list.

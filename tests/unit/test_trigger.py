@@ -336,6 +336,29 @@ class TestTriggerTimeout:
         assert "did not finish within 3600 s" in events[0]["message"]
 
 
+class TestFirstCheckDelay:
+    def test_first_check_waits_random_part(self, monkeypatch, fake_api, hooks_built):
+        monkeypatch.setattr(random, "uniform", lambda low, high: high / 2)
+        fake_api.jobs = [finished_job()]
+        started = time.time()
+
+        events = run_trigger(make_trigger(poll_interval=0.4))
+
+        assert events[0]["status"] == "success"
+        assert fake_api.list_times[0] - started >= 0.2
+
+    def test_first_check_not_past_deadline(self, monkeypatch, fake_api, hooks_built):
+        monkeypatch.setattr(random, "uniform", lambda low, high: high)
+        fake_api.jobs = [running_job()]
+        started = time.time()
+
+        events = run_trigger(make_trigger(wait=0.1, poll_interval=60))
+
+        assert events[0]["status"] == "timeout"
+        assert len(fake_api.list_requests) == 1
+        assert fake_api.list_times[0] - started < 1.0
+
+
 class TestTriggerRequests:
     def test_one_client_and_token_across_polls(self, monkeypatch, fake_api, hooks_built):
         built_clients = []
