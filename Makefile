@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
 LINT_STAMP := $(VENV)/.lint-installed
+RELEASE_STAMP := $(VENV)/.release-installed
 # Folders that ruff checks. mypy checks the package that pyproject.toml names.
 LINT_PATHS := airflow_provider_sepa dags tests benchmarks .ci
 PIP_VERSION := 26.3
@@ -53,6 +54,24 @@ lint: $(LINT_STAMP)
 $(LINT_STAMP): $(STAMP) pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[lint]"
 	touch $(LINT_STAMP)
+
+## dist: build the wheel and sdist into dist/, check their metadata with twine and the wheel's files.
+## The isolated build environment gets its setuptools version from constraints.txt.
+.PHONY: dist dist-check
+dist: $(RELEASE_STAMP)
+	rm -rf dist build
+	PIP_CONSTRAINT="$(CURDIR)/constraints.txt" $(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+	$(BIN)/python .ci/check_wheel.py dist/*.whl
+
+## dist-check: install the wheel from dist/ into a throwaway venv and check that Airflow lists the
+## provider and the connection type emporix. It takes 20 to 60 s, depending on pip's cache.
+dist-check: $(STAMP)
+	$(BIN)/python .ci/check_install.py dist/*.whl --python $(PYTHON) --pip-version $(PIP_VERSION)
+
+$(RELEASE_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[release]"
+	touch $(RELEASE_STAMP)
 
 ## demo: run the nightly DAG against the local emulator; files land under exports/.
 demo: $(STAMP)
