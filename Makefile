@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
-## test: run unit, emulator, integration and DAG tests.
+## test: run unit, emulator, integration and DAG tests, and system tests against `airflow standalone`.
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
@@ -81,7 +81,19 @@ demo: $(STAMP)
 emulator: $(STAMP)
 	$(BIN)/python -m airflow_provider_sepa.emulator --port 8765 --print-secret
 
-## bench: measure import cost, requests per export and download speed and memory;
+## airflow: run Airflow 3 with `airflow standalone` and the emulator on 127.0.0.1, with the
+## connection, pool and Variables of the sample DAGs; state stays in .airflow/. Ctrl+C stops it.
+.PHONY: airflow
+airflow: $(STAMP)
+	$(BIN)/python -m tests.system.standalone
+
+## screenshots: save screenshots of the Airflow UI's forms to docs/images/ with headless Chromium
+## from Debian's chromium package (apt-get install -y chromium).
+.PHONY: screenshots
+screenshots: $(STAMP)
+	$(BIN)/python -m tests.system.screenshots
+
+## bench: measure import cost, requests per export, download speed and memory, and many waiting triggers;
 ## builds .venv-bench with reference providers once, appends results to docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --base-python $(PYTHON) --record docs/benchmarks.md
@@ -100,4 +112,4 @@ constraints:
 	rm -rf .venv-constraints
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info exports .pytest_cache docs/_build
+	rm -rf $(VENV) build dist *.egg-info exports .airflow .pytest_cache docs/_build

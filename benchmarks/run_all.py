@@ -1,4 +1,4 @@
-"""Run the three benchmarks, print their tables and append a record to docs/benchmarks.md.
+"""Run the four benchmarks, print their tables and append a record to docs/benchmarks.md.
 
 Each benchmark runs as its own process, so that no emulator, token cache or imported
 module of one benchmark affects another. ``make bench`` runs
@@ -30,6 +30,7 @@ BENCHMARKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Requests per export", "requests_per_export.py", ()),
     # The 64 KiB row measures the hook's copy loop with smaller chunks, next to the shipped 1 MiB.
     ("Download throughput and memory", "download.py", ("--hook-chunk-kib", "64")),
+    ("Deferrable waiting", "triggers.py", ()),
 )
 
 
