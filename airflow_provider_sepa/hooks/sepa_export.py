@@ -615,7 +615,7 @@ def _shared_ssl_context() -> ssl.SSLContext:
     """Return the SSL context that every async hook's client uses, creating it on the first call.
 
     httpx otherwise builds a context per client. Loading the CA bundle into one took about
-    34 ms of CPU and 0.8 MiB with httpx 0.29 on the machine in docs/benchmarks.md, so a
+    20 ms of CPU and 0.8 MiB with httpx 0.29 on the machine in docs/benchmarks.md, so a
     thousand triggers paid for a thousand copies. The shared context reads SSL_CERT_FILE
     and SSL_CERT_DIR once, when it is created.
     """
@@ -784,6 +784,9 @@ class SepaExportAsyncHook(BaseHook):
         # SepaExportHook._json reads only json() and text, which httpx responses have too.
         payload = SepaExportHook._json(response, endpoints.TOKEN_ENDPOINT, resource_id=resource_id, quote_body=False)
         token = payloads.parse_token_response(payload)
+        # NOTE: Airflow 3.3.2's secrets masker compiles one regular expression of all masked
+        # values again for each new value, so a triggerer that serves many clients spends
+        # time quadratic in their number here (docs/benchmarks.md, "Deferrable waiting").
         await _amask_secret(token.value)
         payloads.TOKEN_CACHE.put(settings, token)
         self.log.info("Fetched an access token for client %s, valid for %d s.", settings.client_id, token.lifetime)
