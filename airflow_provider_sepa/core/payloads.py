@@ -100,12 +100,22 @@ class TokenCache:
         with self._lock:
             self._tokens[self.key(settings)] = token
 
-    def discard(self, settings: endpoints.ConnectionSettings, token: AccessToken | None = None) -> None:
-        """Forget the client's token, or only ``token`` if another one has replaced it meanwhile."""
+    def discard(
+        self, settings: endpoints.ConnectionSettings, token: AccessToken | None = None, *, value: str | None = None
+    ) -> None:
+        """Forget the client's token.
+
+        With ``token`` or ``value``, forget it only while it is still the cached one, so a
+        late 401 for an old token never throws away a token fetched meanwhile.
+        """
         with self._lock:
             key = self.key(settings)
-            if token is None or self._tokens.get(key) is token:
-                self._tokens.pop(key, None)
+            cached = self._tokens.get(key)
+            if token is not None and cached is not token:
+                return
+            if value is not None and (cached is None or cached.value != value):
+                return
+            self._tokens.pop(key, None)
 
     def clear(self) -> None:
         """Forget every token."""

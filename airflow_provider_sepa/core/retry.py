@@ -231,6 +231,7 @@ def prepare_next_attempt(
     *,
     settings: endpoints.ConnectionSettings,
     log: Any,
+    rejected_token: str | None = None,
 ) -> float | None:
     """Carry out a decision that did not return the response, before the next attempt.
 
@@ -242,13 +243,15 @@ def prepare_next_attempt(
         :meth:`RequestAttempts.after_transport_failure` returned.
     :param settings: the connection settings whose cached token a 401 invalidates.
     :param log: the logger of the hook that sends the request (standard library or structlog).
+    :param rejected_token: the token the attempt sent; a 401 forgets the cached token only
+        while it is still this one.
     :return: the wait in seconds before a retry, or ``None`` when the next attempt follows
         at once with a new token (after a 401).
     :raises SepaExportApiError: the decision's error when the decision is to raise.
     """
     if decision.action is Action.REAUTHENTICATE:
         log.warning("%s returned HTTP 401; fetching a new access token and repeating once.", attempts.endpoint)
-        payloads.TOKEN_CACHE.discard(settings)
+        payloads.TOKEN_CACHE.discard(settings, value=rejected_token)
         return None
     if decision.action is Action.RETRY:
         log.warning(

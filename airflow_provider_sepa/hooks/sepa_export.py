@@ -229,7 +229,7 @@ class SepaExportHook(BaseHook):
                     return response
                 response.close()
 
-            delay = prepare_next_attempt(attempts, decision, settings=self.settings, log=self.log)
+            delay = prepare_next_attempt(attempts, decision, settings=self.settings, log=self.log, rejected_token=token)
             if delay is not None:
                 self._sleep(delay)
 
@@ -834,7 +834,7 @@ class SepaExportAsyncHook(BaseHook):
                     return response
                 await response.aclose()
 
-            delay = prepare_next_attempt(attempts, decision, settings=settings, log=self.log)
+            delay = prepare_next_attempt(attempts, decision, settings=settings, log=self.log, rejected_token=token)
             if delay is not None:
                 await self._sleep(delay)
 

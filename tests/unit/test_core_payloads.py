@@ -285,3 +285,30 @@ class TestPageWalk:
 
         assert results == [True, True, False, False, False]
         assert walk.page_number == 3
+
+
+class TestTokenCacheDiscardByValue:
+    def test_discard_matching_value(self):
+        from airflow_provider_sepa.core.endpoints import ConnectionSettings
+        from airflow_provider_sepa.core.payloads import AccessToken, TokenCache
+
+        cache = TokenCache()
+        settings = ConnectionSettings("https://api.example.test", "id", "secret", "acme")
+        cache.put(settings, AccessToken("first-token", refresh_at=float("inf"), lifetime=100.0))
+
+        cache.discard(settings, value="first-token")
+
+        assert cache.get(settings) is None
+
+    def test_late_401_keeps_newer_token(self):
+        from airflow_provider_sepa.core.endpoints import ConnectionSettings
+        from airflow_provider_sepa.core.payloads import AccessToken, TokenCache
+
+        cache = TokenCache()
+        settings = ConnectionSettings("https://api.example.test", "id", "secret", "acme")
+        newer = AccessToken("second-token", refresh_at=float("inf"), lifetime=100.0)
+        cache.put(settings, newer)
+
+        cache.discard(settings, value="first-token")
+
+        assert cache.get(settings) is newer
