@@ -288,7 +288,9 @@ def test_drop_create_creates_no_job(server: EmulatorServer, auth: dict[str, str]
 def test_drop_token_request(server: EmulatorServer) -> None:
     server.faults.drop_connection("token")
 
-    with pytest.raises(httpx.RemoteProtocolError):
+    # The closed socket reaches the client as a clean close or, when the server had not read
+    # the whole form body yet, as a reset; both mean no reply.
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
         request_token(server)
 
     assert request_token(server)
@@ -369,7 +371,7 @@ def test_lose_create_reply(server: EmulatorServer, auth: dict[str, str]) -> None
 def test_lose_token_reply_issues_token(server: EmulatorServer) -> None:
     server.faults.lose_reply("token")
 
-    with pytest.raises(httpx.RemoteProtocolError):
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
         request_token(server)
 
     assert len(server.state.issued_tokens()) == 1
