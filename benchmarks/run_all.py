@@ -109,7 +109,7 @@ def record(command: str, sections: list[tuple[str, str, float]], total_seconds: 
     machine["commit"] = git_revision()
     machine["CPU used by other processes during the run"] = f"{100 * others_share:.0f} % of all cores"
     lines = [
-        f"## Run of {machine['date']}",
+        f"### Run of {machine['date']}",
         "",
         f"Command: `{command}`, {total_seconds / 60:.1f} minutes in all.",
         "",
@@ -122,7 +122,7 @@ def record(command: str, sections: list[tuple[str, str, float]], total_seconds: 
             "the timings are likely slower and noisier than on an idle machine.",
         ]
     for title, markdown, seconds in sections:
-        lines += ["", f"### {title}", "", f"({seconds:.0f} s)", "", markdown]
+        lines += ["", f"#### {title}", "", f"Wall time: {seconds:.0f} s.", "", markdown]
     return "\n".join(lines) + "\n"
 
 
