@@ -8,7 +8,7 @@ from airflow_provider_sepa import __version__
 
 INTEGRATION = "Emporix SEPA Export"
 
-#: How the connection form relabels, hides and fills the standard fields. Airflow 3.2 and
+#: Labels, hidden fields and placeholders of the standard connection form fields. Airflow 3.2 and
 #: newer read it from here; older versions call ``SepaExportHook.get_ui_field_behaviour``,
 #: which returns the same content with underscore keys.
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {

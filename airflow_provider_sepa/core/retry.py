@@ -95,7 +95,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 
 class TransportFailure(enum.Enum):
-    """How a request failed before a complete response arrived."""
+    """Kind of failure of a request that got no complete response."""
 
     #: The connection could not be opened, so the server never saw the request.
     CONNECT = "connection failed"
@@ -106,7 +106,7 @@ class TransportFailure(enum.Enum):
 
 
 class Action(enum.Enum):
-    """What the transport does after an attempt."""
+    """Next step of the transport after an attempt."""
 
     RETURN = "return"
     RETRY = "retry"
@@ -243,7 +243,7 @@ def prepare_next_attempt(
         :meth:`RequestAttempts.after_transport_failure` returned.
     :param settings: the connection settings whose cached token a 401 invalidates.
     :param log: the logger of the hook that sends the request (standard library or structlog).
-    :param rejected_token: the token the attempt sent; a 401 forgets the cached token only
+    :param rejected_token: the token the attempt sent; a 401 removes the cached token only
         while it is still this one.
     :return: the wait in seconds before a retry, or ``None`` when the next attempt follows
         at once with a new token (after a 401).

@@ -52,8 +52,8 @@ class SepaExportCreateJobOperator(BaseOperator):
     An export cannot be revoked, so one DAG run starts at most one job per site. On a
     task retry, or after a create request whose reply was lost, the operator adopts the
     site's job created during this DAG run instead of starting another. When the API
-    answers 409 because a job is in progress, the operator adopts that job if it belongs
-    to the same site; otherwise it waits ``poll_interval`` seconds and tries again until
+    returns 409 because a job is in progress, the operator adopts that job if it belongs
+    to the same site. Otherwise it waits ``poll_interval`` seconds and tries again until
     ``timeout``.
 
     The job id is pushed to XCom under the key ``job_id`` as soon as it is known, before
@@ -142,8 +142,8 @@ class SepaExportCreateJobOperator(BaseOperator):
     def _start_or_adopt(self, hook: SepaExportHook, site_code: str, context: Context, deadline: float) -> str:
         since = self._run_started_at(context)
         try_number = getattr(context.get("ti"), "try_number", 1) or 1
-        # A first try has sent no create request yet in this DAG run, so the lookup is
-        # needed only on later tries; this keeps a normal export at the minimum requests.
+        # A first try has sent no create request yet in this DAG run, so only later tries
+        # need the lookup. That keeps a normal export at the minimum number of requests.
         must_look_up = try_number > 1
 
         while True:
@@ -315,9 +315,9 @@ class SepaExportDownloadOperator(BaseOperator):
     :param emporix_conn_id: id of the Airflow connection of type ``emporix``. (templated)
     :param site_code: the site the file belongs to. (templated) When it is set and the task
         has an ``AssetAlias`` among its ``outlets``, each download adds an event for the
-        asset :func:`sepa_file_asset` returns for the tenant and site, with the file's
-        path, size and SHA-256 as the event's extra, so that a DAG can be scheduled on
-        "a new SEPA file for site X".
+        asset that :func:`sepa_file_asset` returns for the tenant and site. The event's
+        extra holds the file's path, size and SHA-256, so a DAG can be scheduled on "a new
+        SEPA file for site X".
     """
 
     template_fields: Sequence[str] = ("file_id", "destination", "emporix_conn_id", "site_code")
