@@ -22,7 +22,7 @@ SCOPE_JOB_VIEW = "sepaexport.job_view"
 SCOPE_JOB_MANAGE = "sepaexport.job_manage"
 SCOPE_MEDIA_VIEW = "sepaexport.media_view"
 
-#: Scope each endpoint requires, used to name the missing scope when the API answers 403.
+#: Scope each endpoint requires, used to name the missing scope when the API returns 403.
 REQUIRED_SCOPES = {
     "GET /sepa-export/{tenant}/jobs": SCOPE_JOB_VIEW,
     "POST /sepa-export/{tenant}/jobs": SCOPE_JOB_MANAGE,

@@ -88,15 +88,15 @@ class SepaExportAuthError(SepaExportApiError):
 
 
 class SepaExportScopeError(SepaExportApiError):
-    """The API answered 403: the token lacks the scope the endpoint requires."""
+    """The API returned 403: the token lacks the scope the endpoint requires."""
 
 
 class SepaExportBadRequestError(SepaExportApiError):
-    """The API answered 400: the request is invalid and repeating it cannot help."""
+    """The API returned 400: the request is invalid and repeating it cannot help."""
 
 
 class SepaExportNotFoundError(SepaExportApiError):
-    """The API answered 404 for a file id or path."""
+    """The API returned 404 for a file id or path."""
 
 
 class SepaExportConflictError(SepaExportApiError):

@@ -29,7 +29,7 @@ class AccessToken:
     lifetime: float
 
     def is_usable(self, now: float | None = None) -> bool:
-        """Whether the token may still be sent."""
+        """Return whether the token may still be sent."""
         return (time.monotonic() if now is None else now) < self.refresh_at
 
 

@@ -99,7 +99,7 @@ class TransportFailure(enum.Enum):
 
     #: The connection could not be opened, so the server never saw the request.
     CONNECT = "connection failed"
-    #: The server did not answer within the read timeout.
+    #: The server sent no response within the read timeout.
     READ_TIMEOUT = "read timed out"
     #: The connection closed after the request was sent.
     DISCONNECTED = "connection closed before the response was complete"

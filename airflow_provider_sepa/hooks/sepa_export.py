@@ -71,7 +71,7 @@ def _mask_secret(value: str) -> None:
 class SepaExportHook(BaseHook):
     """Talk to the Emporix SEPA Export API: tokens, export jobs and file downloads.
 
-    The connection (type ``emporix``) holds the API host, the OAuth client id as login,
+    The connection (type ``emporix``) contains the API host, the OAuth client id as login,
     the client secret as password and the tenant in the extra field ``tenant``.
 
     :param emporix_conn_id: id of the Airflow connection.
@@ -350,7 +350,7 @@ class SepaExportHook(BaseHook):
         different content is never overwritten.
 
         :raises SepaExportDownloadError: when the body stays incomplete after the retries, or
-            when the destination already holds a different file.
+            when the destination already contains a different file.
         """
         file_id = endpoints.validate_file_id(file_id)
         url = self.settings.file_url(file_id)

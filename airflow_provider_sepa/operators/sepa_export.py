@@ -316,7 +316,7 @@ class SepaExportDownloadOperator(BaseOperator):
     :param site_code: the site the file belongs to. (templated) When it is set and the task
         has an ``AssetAlias`` among its ``outlets``, each download adds an event for the
         asset that :func:`sepa_file_asset` returns for the tenant and site. The event's
-        extra holds the file's path, size and SHA-256, so a DAG can be scheduled on "a new
+        extra contains the file's path, size and SHA-256, so a DAG can be scheduled on "a new
         SEPA file for site X".
     """
 
