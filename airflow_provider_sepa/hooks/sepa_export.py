@@ -11,6 +11,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -608,6 +609,40 @@ def _token_fetches_of_running_loop() -> dict[_TokenKey, asyncio.Future[payloads.
         return _TOKEN_FETCHES.setdefault(loop, {})
 
 
+_ClientKey = tuple[object, ...]
+
+
+@dataclass
+class _SharedClient:
+    """An httpx client and the number of async hooks that hold it."""
+
+    client: httpx.AsyncClient
+    users: int = 0
+
+
+@dataclass
+class _LoopClients:
+    """The shared httpx clients of one event loop, and the lock that guards building them."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    by_key: dict[_ClientKey, _SharedClient] = field(default_factory=dict)
+
+
+#: httpx clients of the async hooks, per event loop and client key. An httpx client belongs
+#: to the loop it first sends on, so each loop has its own.
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = weakref.WeakKeyDictionary()
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _clients_of_running_loop() -> _LoopClients:
+    loop = asyncio.get_running_loop()
+    with _CLIENTS_LOCK:
+        clients = _CLIENTS.get(loop)
+        if clients is None:
+            clients = _CLIENTS[loop] = _LoopClients()
+        return clients
+
+
 _SSL_CONTEXT: ssl.SSLContext | None = None
 _SSL_CONTEXT_LOCK = threading.Lock()
 
@@ -632,9 +667,11 @@ def _shared_ssl_context() -> ssl.SSLContext:
 class SepaExportAsyncHook(BaseHook):
     """Read the job list of the Emporix SEPA Export API from an asyncio event loop.
 
-    The trigger uses this hook. All requests go through one ``httpx.AsyncClient``, so
-    every poll shares one connection pool, and the access token comes from the same
-    process-wide cache as the sync hook's. Each request follows the retry rules of
+    The trigger uses this hook. The async hooks of one event loop that use the same API
+    client (URL, client id and secret, timeouts) send their requests through one shared
+    ``httpx.AsyncClient``. So a thousand triggers of one connection share one connection
+    pool of at most 100 TCP connections and one access token. The token comes from the
+    same process-wide cache as the sync hook's. Each request follows the retry rules of
     :class:`SepaExportHook`, through the same :class:`RequestAttempts`.
 
     No method blocks the event loop: the connection comes from ``aget_connection``, its
@@ -673,6 +710,7 @@ class SepaExportAsyncHook(BaseHook):
         self._transport = transport
         self._settings: endpoints.ConnectionSettings | None = None
         self._client: httpx.AsyncClient | None = None
+        self._client_key: _ClientKey | None = None
 
     async def __aenter__(self) -> SepaExportAsyncHook:
         return self
@@ -681,10 +719,19 @@ class SepaExportAsyncHook(BaseHook):
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP client and its connection pool."""
+        """Let go of the shared HTTP client; the last hook that holds it closes it and its pool."""
         client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        key, self._client_key = self._client_key, None
+        if client is None or key is None:
+            return
+        clients = _clients_of_running_loop()
+        shared = clients.by_key.get(key)
+        if shared is not None and shared.client is client:
+            shared.users -= 1
+            if shared.users > 0:
+                return
+            del clients.by_key[key]
+        await client.aclose()
 
     async def get_settings(self) -> endpoints.ConnectionSettings:
         """Return the validated connection settings, looking the connection up on the first call.
@@ -705,9 +752,27 @@ class SepaExportAsyncHook(BaseHook):
         return settings
 
     async def _get_client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = await asyncio.to_thread(self._build_client)
-        return self._client
+        """Return this hook's HTTP client, sharing one with the loop's other hooks of the same API client."""
+        if self._client is not None:
+            return self._client
+        settings = await self.get_settings()
+        # Cookies and connections stay within one API client: the key holds its credentials.
+        key: _ClientKey = (
+            settings.base_url,
+            payloads.TOKEN_CACHE.key(settings),
+            self.connect_timeout,
+            self.read_timeout,
+            self._transport,
+        )
+        clients = _clients_of_running_loop()
+        async with clients.lock:
+            shared = clients.by_key.get(key)
+            if shared is None:
+                shared = _SharedClient(await asyncio.to_thread(self._build_client))
+                clients.by_key[key] = shared
+            shared.users += 1
+            self._client, self._client_key = shared.client, key
+        return shared.client
 
     def _build_client(self) -> httpx.AsyncClient:
         import httpx

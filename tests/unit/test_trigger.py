@@ -673,6 +673,122 @@ class TestTokenSingleFlight:
         assert fake_api.token_requests() == 1
 
 
+class TestSharedClient:
+    """Async hooks of one event loop and one API client send their requests through one httpx client."""
+
+    @staticmethod
+    def loop_clients() -> dict[Any, Any]:
+        from airflow_provider_sepa.hooks.sepa_export import _clients_of_running_loop
+
+        return _clients_of_running_loop().by_key
+
+    @pytest.mark.asyncio
+    async def test_last_hook_closes_shared_client(self, fake_api):
+        fake_api.jobs = [finished_job()]
+        transport = httpx.MockTransport(fake_api.handle)
+        first, second = SepaExportAsyncHook(transport=transport), SepaExportAsyncHook(transport=transport)
+
+        await first.list_jobs(SITE_CODE)
+        await second.list_jobs(SITE_CODE)
+        client = first._client
+        await first.aclose()
+        still_open = not client.is_closed
+        await second.list_jobs(SITE_CODE)
+        await second.aclose()
+
+        assert second._client is None
+        assert still_open
+        assert client.is_closed
+        assert self.loop_clients() == {}
+        assert len(fake_api.list_requests) == 3
+
+    @pytest.mark.asyncio
+    async def test_other_credentials_get_own_client(self, monkeypatch, fake_api):
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_EMPORIX_OTHER",
+            json.dumps(
+                {
+                    "conn_type": "emporix",
+                    "host": fake_api.api.base_url,
+                    "login": fake_api.api.client_id,
+                    "password": "another-s3cret-Rm2x",
+                    "extra": {"tenant": fake_api.api.tenant},
+                }
+            ),
+        )
+        transport = httpx.MockTransport(fake_api.handle)
+        default, other = (
+            SepaExportAsyncHook(transport=transport),
+            SepaExportAsyncHook("emporix_other", transport=transport),
+        )
+
+        await default.list_jobs(SITE_CODE)
+        await other.list_jobs(SITE_CODE)
+        clients = (default._client, other._client)
+        await default.aclose()
+        await other.aclose()
+
+        assert clients[0] is not clients[1]
+        assert all(client.is_closed for client in clients)
+
+    @pytest.mark.asyncio
+    async def test_cancelled_build_leaves_no_user(self, monkeypatch, fake_api):
+        fake_api.jobs = [finished_job()]
+        transport = httpx.MockTransport(fake_api.handle)
+        original = SepaExportAsyncHook._build_client
+        built: list[httpx.AsyncClient] = []
+
+        def slow_build(hook: SepaExportAsyncHook) -> httpx.AsyncClient:
+            time.sleep(0.2)
+            built.append(original(hook))
+            return built[-1]
+
+        monkeypatch.setattr(SepaExportAsyncHook, "_build_client", slow_build)
+        cancelled, later = SepaExportAsyncHook(transport=transport), SepaExportAsyncHook(transport=transport)
+
+        task = asyncio.create_task(cancelled.list_jobs(SITE_CODE))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await later.list_jobs(SITE_CODE)
+        await later.aclose()
+        await cancelled.aclose()
+
+        assert cancelled._client is None
+        assert built[-1].is_closed
+        assert self.loop_clients() == {}
+
+    def test_concurrent_triggers_build_one_client(self, monkeypatch, fake_api):
+        fake_api.jobs = [running_job()]
+        finish_on_list(fake_api, 60, finished_job())
+        transport = httpx.MockTransport(fake_api.handle)
+        built: list[httpx.AsyncClient] = []
+        original = SepaExportAsyncHook._build_client
+
+        def count_client(hook: SepaExportAsyncHook) -> httpx.AsyncClient:
+            built.append(original(hook))
+            return built[-1]
+
+        monkeypatch.setattr(SepaExportAsyncHook, "_build_client", count_client)
+        monkeypatch.setattr(
+            SepaExportJobTrigger, "_make_hook", lambda trigger: SepaExportAsyncHook(transport=transport)
+        )
+
+        async def run_all() -> list[list[dict[str, Any]]]:
+            async def collect(trigger: SepaExportJobTrigger) -> list[dict[str, Any]]:
+                return [event.payload async for event in trigger.run()]
+
+            return await asyncio.gather(*(collect(make_trigger()) for _ in range(30)))
+
+        results = asyncio.run(asyncio.wait_for(run_all(), timeout=20))
+
+        assert [events[0]["status"] for events in results] == ["success"] * 30
+        assert len(fake_api.list_requests) >= 60
+        assert len(built) == 1
+        assert built[0].is_closed
+
+
 def test_trigger_module_imports_no_http_client():
     # Airflow itself may load httpx, so only the modules the trigger module adds count.
     probe = (
