@@ -625,7 +625,13 @@ class _LoopClients:
     """The shared httpx clients of one event loop, and the lock that guards building them."""
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    by_key: dict[_ClientKey, _SharedClient] = field(default_factory=dict)
+    by_key: dict[_ClientKey, list[_SharedClient]] = field(default_factory=dict)
+
+
+#: Async hooks that share one httpx client at most. httpcore's connection pool walks all
+#: its requests and connections for every request it starts or ends, so one pool for a
+#: thousand busy hooks spent more CPU than a thousand pools (docs/benchmarks.md).
+HOOKS_PER_CLIENT = 20
 
 
 #: httpx clients of the async hooks, per event loop and client key. An httpx client belongs
@@ -668,11 +674,11 @@ class SepaExportAsyncHook(BaseHook):
     """Read the job list of the Emporix SEPA Export API from an asyncio event loop.
 
     The trigger uses this hook. The async hooks of one event loop that use the same API
-    client (URL, client id and secret, timeouts) send their requests through one shared
-    ``httpx.AsyncClient``. So a thousand triggers of one connection share one connection
-    pool of at most 100 TCP connections and one access token. The token comes from the
-    same process-wide cache as the sync hook's. Each request follows the retry rules of
-    :class:`SepaExportHook`, through the same :class:`RequestAttempts`.
+    client (URL, client id and secret, timeouts) share ``httpx.AsyncClient`` instances,
+    up to :data:`HOOKS_PER_CLIENT` hooks each. So a thousand triggers of one connection
+    use 50 connection pools instead of a thousand, and one access token. The token comes
+    from the same process-wide cache as the sync hook's. Each request follows the retry
+    rules of :class:`SepaExportHook`, through the same :class:`RequestAttempts`.
 
     No method blocks the event loop: the connection comes from ``aget_connection``, its
     Extra field is parsed from the raw JSON instead of ``extra_dejson`` (which masks
@@ -724,13 +730,17 @@ class SepaExportAsyncHook(BaseHook):
         key, self._client_key = self._client_key, None
         if client is None or key is None:
             return
-        clients = _clients_of_running_loop()
-        shared = clients.by_key.get(key)
-        if shared is not None and shared.client is client:
-            shared.users -= 1
-            if shared.users > 0:
-                return
-            del clients.by_key[key]
+        by_key = _clients_of_running_loop().by_key
+        shared_list = by_key.get(key, [])
+        for shared in shared_list:
+            if shared.client is client:
+                shared.users -= 1
+                if shared.users > 0:
+                    return
+                shared_list.remove(shared)
+                if not shared_list:
+                    del by_key[key]
+                break
         await client.aclose()
 
     async def get_settings(self) -> endpoints.ConnectionSettings:
@@ -766,10 +776,11 @@ class SepaExportAsyncHook(BaseHook):
         )
         clients = _clients_of_running_loop()
         async with clients.lock:
-            shared = clients.by_key.get(key)
+            shared_list = clients.by_key.setdefault(key, [])
+            shared = next((item for item in shared_list if item.users < HOOKS_PER_CLIENT), None)
             if shared is None:
                 shared = _SharedClient(await asyncio.to_thread(self._build_client))
-                clients.by_key[key] = shared
+                shared_list.append(shared)
             shared.users += 1
             self._client, self._client_key = shared.client, key
         return shared.client
@@ -783,6 +794,8 @@ class SepaExportAsyncHook(BaseHook):
             follow_redirects=False,
             verify=_shared_ssl_context(),
             transport=self._transport,
+            # Each hook sends one request at a time, so requests never queue for a connection.
+            limits=httpx.Limits(max_connections=HOOKS_PER_CLIENT, max_keepalive_connections=HOOKS_PER_CLIENT),
         )
 
     # -- requests ---------------------------------------------------------------------

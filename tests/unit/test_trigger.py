@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from airflow_provider_sepa.core.errors import SepaExportJobNotFoundError
 from airflow_provider_sepa.core.payloads import TOKEN_CACHE
 from airflow_provider_sepa.core.retry import RetryPolicy
-from airflow_provider_sepa.hooks.sepa_export import SepaExportAsyncHook, SepaExportHook
+from airflow_provider_sepa.hooks.sepa_export import HOOKS_PER_CLIENT, SepaExportAsyncHook, SepaExportHook
 from airflow_provider_sepa.triggers.sepa_export import SepaExportJobTrigger
 
 SITE_CODE = "main"
@@ -759,7 +760,7 @@ class TestSharedClient:
         assert built[-1].is_closed
         assert self.loop_clients() == {}
 
-    def test_concurrent_triggers_build_one_client(self, monkeypatch, fake_api):
+    def test_concurrent_triggers_share_clients(self, monkeypatch, fake_api):
         fake_api.jobs = [running_job()]
         finish_on_list(fake_api, 60, finished_job())
         transport = httpx.MockTransport(fake_api.handle)
@@ -785,8 +786,26 @@ class TestSharedClient:
 
         assert [events[0]["status"] for events in results] == ["success"] * 30
         assert len(fake_api.list_requests) >= 60
-        assert len(built) == 1
-        assert built[0].is_closed
+        assert len(built) == math.ceil(30 / HOOKS_PER_CLIENT)
+        assert all(client.is_closed for client in built)
+
+    @pytest.mark.asyncio
+    async def test_full_client_leads_to_new_one(self, fake_api):
+        fake_api.jobs = [finished_job()]
+        transport = httpx.MockTransport(fake_api.handle)
+        hooks = [SepaExportAsyncHook(transport=transport) for _ in range(HOOKS_PER_CLIENT + 1)]
+
+        for hook in hooks:
+            await hook.list_jobs(SITE_CODE)
+        clients = [hook._client for hook in hooks]
+        for hook in hooks:
+            await hook.aclose()
+
+        assert len({id(client) for client in clients}) == 2
+        assert clients[0] is clients[HOOKS_PER_CLIENT - 1]
+        assert clients[HOOKS_PER_CLIENT] is not clients[0]
+        assert all(client.is_closed for client in clients)
+        assert self.loop_clients() == {}
 
 
 def test_trigger_module_imports_no_http_client():
