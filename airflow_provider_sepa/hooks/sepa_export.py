@@ -622,10 +622,34 @@ class _SharedClient:
 
 @dataclass
 class _LoopClients:
-    """The shared httpx clients of one event loop, and the lock that guards building them."""
+    """The shared httpx clients of one event loop, by client key.
 
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    It holds no reference to its loop, so that the registry below can drop it with the loop.
+    """
+
     by_key: dict[_ClientKey, list[_SharedClient]] = field(default_factory=dict)
+
+    def acquire(self, key: _ClientKey, build: Callable[[], httpx.AsyncClient]) -> _SharedClient:
+        """Count one more user of a client for ``key`` that has room, building one if none has."""
+        shared_list = self.by_key.setdefault(key, [])
+        shared = next((item for item in shared_list if item.users < HOOKS_PER_CLIENT), None)
+        if shared is None:
+            shared = _SharedClient(build())
+            shared_list.append(shared)
+        shared.users += 1
+        return shared
+
+    def release(self, key: _ClientKey, shared: _SharedClient) -> bool:
+        """Count one user less, and return whether it was the last one."""
+        shared.users -= 1
+        if shared.users > 0:
+            return False
+        shared_list = self.by_key.get(key, [])
+        if shared in shared_list:
+            shared_list.remove(shared)
+        if not shared_list:
+            self.by_key.pop(key, None)
+        return True
 
 
 #: Async hooks that share one httpx client at most. httpcore's connection pool walks all
@@ -650,6 +674,7 @@ def _clients_of_running_loop() -> _LoopClients:
 
 
 _SSL_CONTEXT: ssl.SSLContext | None = None
+_HTTP_CLIENT_READY = False
 _SSL_CONTEXT_LOCK = threading.Lock()
 
 
@@ -668,6 +693,15 @@ def _shared_ssl_context() -> ssl.SSLContext:
 
             _SSL_CONTEXT = httpx.create_ssl_context()
         return _SSL_CONTEXT
+
+
+def _prepare_http_client() -> None:
+    """Do the blocking one-time work of the first httpx client: load the CA bundle and httpcore."""
+    global _HTTP_CLIENT_READY
+    _shared_ssl_context()
+    import httpcore  # noqa: F401 - httpx imports it when it builds the first client
+
+    _HTTP_CLIENT_READY = True
 
 
 class SepaExportAsyncHook(BaseHook):
@@ -715,8 +749,8 @@ class SepaExportAsyncHook(BaseHook):
         self._sleep = sleep
         self._transport = transport
         self._settings: endpoints.ConnectionSettings | None = None
-        self._client: httpx.AsyncClient | None = None
-        self._client_key: _ClientKey | None = None
+        # The shared client this hook holds, its key and the registry of its event loop.
+        self._shared: tuple[_LoopClients, _ClientKey, _SharedClient] | None = None
 
     async def __aenter__(self) -> SepaExportAsyncHook:
         return self
@@ -726,22 +760,24 @@ class SepaExportAsyncHook(BaseHook):
 
     async def aclose(self) -> None:
         """Let go of the shared HTTP client; the last hook that holds it closes it and its pool."""
-        client, self._client = self._client, None
-        key, self._client_key = self._client_key, None
-        if client is None or key is None:
-            return
-        by_key = _clients_of_running_loop().by_key
-        shared_list = by_key.get(key, [])
-        for shared in shared_list:
-            if shared.client is client:
-                shared.users -= 1
-                if shared.users > 0:
-                    return
-                shared_list.remove(shared)
-                if not shared_list:
-                    del by_key[key]
-                break
-        await client.aclose()
+        client = self._release_client()
+        if client is not None:
+            await client.aclose()
+
+    @property
+    def _client(self) -> httpx.AsyncClient | None:
+        """The HTTP client this hook holds, or ``None``."""
+        return self._shared[2].client if self._shared is not None else None
+
+    def _release_client(self) -> httpx.AsyncClient | None:
+        """Stop holding the shared client, and return it when this hook must close it."""
+        held, self._shared = self._shared, None
+        if held is None:
+            return None
+        loop_clients, key, shared = held
+        last = loop_clients.release(key, shared)
+        # A client of another, finished event loop cannot close its connections from this one.
+        return shared.client if last and loop_clients is _clients_of_running_loop() else None
 
     async def get_settings(self) -> endpoints.ConnectionSettings:
         """Return the validated connection settings, looking the connection up on the first call.
@@ -762,28 +798,28 @@ class SepaExportAsyncHook(BaseHook):
         return settings
 
     async def _get_client(self) -> httpx.AsyncClient:
-        """Return this hook's HTTP client, sharing one with the loop's other hooks of the same API client."""
-        if self._client is not None:
-            return self._client
-        settings = await self.get_settings()
-        # Cookies and connections stay within one API client: the key holds its credentials.
-        key: _ClientKey = (
-            settings.base_url,
-            payloads.TOKEN_CACHE.key(settings),
-            self.connect_timeout,
-            self.read_timeout,
-            self._transport,
-        )
-        clients = _clients_of_running_loop()
-        async with clients.lock:
-            shared_list = clients.by_key.setdefault(key, [])
-            shared = next((item for item in shared_list if item.users < HOOKS_PER_CLIENT), None)
-            if shared is None:
-                shared = _SharedClient(await asyncio.to_thread(self._build_client))
-                shared_list.append(shared)
-            shared.users += 1
-            self._client, self._client_key = shared.client, key
-        return shared.client
+        """Return this hook's HTTP client, shared with the loop's other hooks of the same API client."""
+        if self._shared is not None and self._shared[0] is not _clients_of_running_loop():
+            # Used before in another event loop, whose client cannot serve this one.
+            self._release_client()
+        if self._shared is None:
+            settings = await self.get_settings()
+            if not _HTTP_CLIENT_READY:
+                await asyncio.to_thread(_prepare_http_client)
+            # A concurrent call on this hook may have taken a client during the awaits. From
+            # here on nothing awaits, so the check and the count cannot interleave.
+            if self._shared is None:
+                # Cookies and connections stay within one API client: the key holds its credentials.
+                key: _ClientKey = (
+                    settings.base_url,
+                    payloads.TOKEN_CACHE.key(settings),
+                    self.connect_timeout,
+                    self.read_timeout,
+                    self._transport,
+                )
+                loop_clients = _clients_of_running_loop()
+                self._shared = (loop_clients, key, loop_clients.acquire(key, self._build_client))
+        return self._shared[2].client
 
     def _build_client(self) -> httpx.AsyncClient:
         import httpx

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import random
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 from airflow_provider_sepa.core.errors import SepaExportJobNotFoundError
 from airflow_provider_sepa.core.payloads import TOKEN_CACHE
 from airflow_provider_sepa.core.retry import RetryPolicy
+from airflow_provider_sepa.hooks import sepa_export as sepa_export_hooks
 from airflow_provider_sepa.hooks.sepa_export import HOOKS_PER_CLIENT, SepaExportAsyncHook, SepaExportHook
 from airflow_provider_sepa.triggers.sepa_export import SepaExportJobTrigger
 
@@ -733,18 +736,15 @@ class TestSharedClient:
         assert all(client.is_closed for client in clients)
 
     @pytest.mark.asyncio
-    async def test_cancelled_build_leaves_no_user(self, monkeypatch, fake_api):
+    async def test_cancel_during_first_setup_leaves_no_user(self, monkeypatch, fake_api):
         fake_api.jobs = [finished_job()]
         transport = httpx.MockTransport(fake_api.handle)
-        original = SepaExportAsyncHook._build_client
-        built: list[httpx.AsyncClient] = []
 
-        def slow_build(hook: SepaExportAsyncHook) -> httpx.AsyncClient:
+        def slow_setup() -> None:
             time.sleep(0.2)
-            built.append(original(hook))
-            return built[-1]
 
-        monkeypatch.setattr(SepaExportAsyncHook, "_build_client", slow_build)
+        monkeypatch.setattr(sepa_export_hooks, "_HTTP_CLIENT_READY", False)
+        monkeypatch.setattr(sepa_export_hooks, "_prepare_http_client", slow_setup)
         cancelled, later = SepaExportAsyncHook(transport=transport), SepaExportAsyncHook(transport=transport)
 
         task = asyncio.create_task(cancelled.list_jobs(SITE_CODE))
@@ -752,13 +752,119 @@ class TestSharedClient:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        registry_after_cancel = dict(self.loop_clients())
         await later.list_jobs(SITE_CODE)
+        client = later._client
         await later.aclose()
         await cancelled.aclose()
 
+        assert registry_after_cancel == {}
         assert cancelled._client is None
-        assert built[-1].is_closed
+        assert client.is_closed
         assert self.loop_clients() == {}
+
+    @pytest.mark.asyncio
+    async def test_concurrent_first_requests_of_one_hook_count_once(self, fake_api):
+        fake_api.jobs = [finished_job()]
+        hook = SepaExportAsyncHook(transport=httpx.MockTransport(fake_api.handle))
+
+        await asyncio.gather(hook.list_jobs(SITE_CODE), hook.list_jobs(SITE_CODE))
+        client = hook._client
+        await hook.aclose()
+
+        assert client.is_closed
+        assert self.loop_clients() == {}
+
+    def test_aclose_in_other_loop_leaves_shared_client_open(self, fake_api):
+        fake_api.jobs = [finished_job()]
+        transport = httpx.MockTransport(fake_api.handle)
+        first, second = SepaExportAsyncHook(transport=transport), SepaExportAsyncHook(transport=transport)
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(first.list_jobs(SITE_CODE))
+            loop.run_until_complete(second.list_jobs(SITE_CODE))
+            shared = second._client
+            asyncio.run(first.aclose())
+            loop.run_until_complete(second.list_jobs(SITE_CODE))
+            loop.run_until_complete(second.aclose())
+        finally:
+            loop.close()
+
+        assert first._client is None
+        assert shared.is_closed
+        assert len(fake_api.list_requests) == 3
+
+    def test_hook_in_new_loop_takes_new_client(self, fake_api):
+        fake_api.jobs = [finished_job()]
+        hook = SepaExportAsyncHook(transport=httpx.MockTransport(fake_api.handle))
+
+        async def list_once() -> httpx.AsyncClient | None:
+            await hook.list_jobs(SITE_CODE)
+            return hook._client
+
+        first_client = asyncio.run(list_once())
+        second_client = asyncio.run(list_once())
+
+        async def close() -> None:
+            await hook.aclose()
+
+        asyncio.run(close())
+
+        assert first_client is not second_client
+        assert hook._client is None
+
+    def test_finished_loop_is_freed(self, fake_api):
+        fake_api.jobs = [finished_job()]
+        transport = httpx.MockTransport(fake_api.handle)
+        loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+        async def main() -> None:
+            loops.append(weakref.ref(asyncio.get_running_loop()))
+            hooks = [SepaExportAsyncHook(transport=transport) for _ in range(3)]
+            await asyncio.gather(*(hook.list_jobs(SITE_CODE) for hook in hooks))
+            for hook in hooks:
+                await hook.aclose()
+
+        asyncio.run(main())
+        # Airflow keeps a reference to the last loop that looked up a connection; a new one replaces it.
+        asyncio.run(main())
+        gc.collect()
+
+        assert loops[0]() is None
+
+    def test_cancelled_triggers_close_every_client(self, monkeypatch, fake_api):
+        fake_api.jobs = [running_job()]
+        finish_on_list(fake_api, 150, finished_job())
+        transport = httpx.MockTransport(fake_api.handle)
+        built: list[httpx.AsyncClient] = []
+        original = SepaExportAsyncHook._build_client
+
+        def count_client(hook: SepaExportAsyncHook) -> httpx.AsyncClient:
+            built.append(original(hook))
+            return built[-1]
+
+        monkeypatch.setattr(SepaExportAsyncHook, "_build_client", count_client)
+        monkeypatch.setattr(
+            SepaExportJobTrigger, "_make_hook", lambda trigger: SepaExportAsyncHook(transport=transport)
+        )
+        rng = random.Random(1)
+
+        async def main() -> dict[Any, Any]:
+            async def collect(trigger: SepaExportJobTrigger) -> list[dict[str, Any]]:
+                return [event.payload async for event in trigger.run()]
+
+            tasks = [asyncio.create_task(collect(make_trigger())) for _ in range(60)]
+            for task in rng.sample(tasks, 25):
+                await asyncio.sleep(rng.uniform(0, 0.02))
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return dict(self.loop_clients())
+
+        left = asyncio.run(asyncio.wait_for(main(), timeout=30))
+
+        assert left == {}
+        assert built
+        assert [client for client in built if not client.is_closed] == []
 
     def test_concurrent_triggers_share_clients(self, monkeypatch, fake_api):
         fake_api.jobs = [running_job()]
