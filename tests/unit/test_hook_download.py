@@ -95,6 +95,36 @@ class TestSepaExportHookDownload:
         assert record.sha256 == BODY_SHA256
         assert record.file_id == FILE_ID
 
+    def test_written_part_goes_to_writeback(self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        body = os.urandom(5 * 64 * 1024 + 123)
+        advised: list[tuple[int, int, int]] = []
+        monkeypatch.setattr(sepa_export, "WRITEBACK_BYTES", 128 * 1024)
+        monkeypatch.setattr(
+            os, "posix_fadvise", lambda fd, offset, length, advice: advised.append((offset, length, advice))
+        )
+        requests_mock.get(file_url, content=body)
+        destination = tmp_path / "main.xml"
+
+        record = hook.download_file(FILE_ID, destination)
+
+        assert destination.read_bytes() == body
+        assert record.sha256 == hashlib.sha256(body).hexdigest()
+        assert advised == [
+            (0, 128 * 1024, os.POSIX_FADV_DONTNEED),
+            (128 * 1024, 128 * 1024, os.POSIX_FADV_DONTNEED),
+        ]
+
+    def test_download_without_fadvise(self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        body = os.urandom(3 * 64 * 1024)
+        monkeypatch.setattr(sepa_export, "WRITEBACK_BYTES", 64 * 1024)
+        monkeypatch.delattr(os, "posix_fadvise")
+        requests_mock.get(file_url, content=body)
+        destination = tmp_path / "main.xml"
+
+        hook.download_file(FILE_ID, destination)
+
+        assert destination.read_bytes() == body
+
     def test_download_leaves_only_target(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
         requests_mock.get(file_url, content=BODY)
 
