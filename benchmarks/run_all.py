@@ -28,8 +28,7 @@ BUSY_SHARE = 0.1
 BENCHMARKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Import cost", "import_cost.py", ()),
     ("Requests per export", "requests_per_export.py", ()),
-    # The 64 KiB row measures the hook's copy loop with smaller chunks, next to the shipped 1 MiB.
-    ("Download throughput and memory", "download.py", ("--hook-chunk-kib", "64")),
+    ("Download throughput and memory", "download.py", ()),
     ("Deferrable waiting", "triggers.py", ()),
 )
 

@@ -31,8 +31,8 @@ Figures per measurement:
 - TCP connections: connections the emulator's uvicorn server accepted after the warm-up.
 - Requests: entries in the emulator's request log after the warm-up, per endpoint.
 
-    .venv/bin/python benchmarks/triggers.py [--counts 10,100,1000] [--poll-interval 1] \\
-        [--hold-seconds 10] [--clients one|per-job] [--variants trigger,baseline]
+    .venv/bin/python benchmarks/triggers.py [--counts 10,100,1000] [--poll-interval 30] \\
+        [--hold-seconds 35] [--clients one|per-job] [--variants trigger,baseline]
 """
 
 from __future__ import annotations
@@ -70,6 +70,10 @@ END_TIMEOUT_SECONDS = 300.0
 EMULATOR_START_TIMEOUT_SECONDS = 300.0
 #: The trigger's default page size, so that both pollers send the same query.
 PAGE_SIZE = 50
+#: The default poll interval of the sensor and the create operator, in seconds.
+DEFAULT_POLL_INTERVAL = 30.0
+#: Long enough for every poller to poll at least twice while the jobs run.
+DEFAULT_HOLD_SECONDS = 35.0
 
 
 # -- worker: one poller variant in one event loop -----------------------------------------
@@ -488,12 +492,17 @@ def main() -> int:
     parser.add_argument(
         "--counts", default="10,100,1000", help="comma-separated numbers of pollers (default 10,100,1000)"
     )
-    parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between two polls (default 1)")
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=DEFAULT_POLL_INTERVAL,
+        help=f"seconds between two polls (default {DEFAULT_POLL_INTERVAL:g}, as in the sensor)",
+    )
     parser.add_argument(
         "--hold-seconds",
         type=float,
-        default=10.0,
-        help="seconds the jobs keep running after the pollers start (default 10)",
+        default=DEFAULT_HOLD_SECONDS,
+        help=f"seconds the jobs keep running after the pollers start (default {DEFAULT_HOLD_SECONDS:g})",
     )
     parser.add_argument(
         "--clients",
