@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from airflow.sdk import BaseHook
 
@@ -477,10 +477,10 @@ def _wire_bytes_read(response: requests.Response, decoded_size: int) -> int:
 
 
 def _copy_body(response: requests.Response, out: IO[bytes]) -> tuple[int, str, int]:
-    """Write the body to ``out``; return its size, its SHA-256 and the bytes read off the wire.
+    """Write the body to ``out`` and return its size, its SHA-256 and the bytes read off the wire.
 
     The wire count differs from the size when the server compressed the body
-    (Content-Encoding: gzip); Content-Length counts the wire bytes.
+    (Content-Encoding: gzip), and Content-Length counts the wire bytes.
 
     Every WRITEBACK_BYTES the written part goes to the kernel's writeback and out of the
     page cache (POSIX_FADV_DONTNEED, where the platform has it). The disk then writes while
@@ -538,11 +538,13 @@ def _read_plain_body(body: IO[bytes]) -> Iterator[memoryview]:
             count = body.readinto(buffer)  # type: ignore[attr-defined]
         except http.client.HTTPException as error:
             # IncompleteRead: the connection closed before Content-Length bytes or the last chunk.
-            raise requests.exceptions.ChunkedEncodingError(f"body ended early: {error!r}") from error
+            raise requests.exceptions.ChunkedEncodingError(
+                f"the connection closed before the whole body arrived: {error!r}"
+            ) from error
         except TimeoutError as error:
-            raise requests.exceptions.ReadTimeout(f"read timed out: {error}") from error
+            raise requests.exceptions.ReadTimeout(f"reading the body timed out: {error}") from error
         except OSError as error:
-            raise requests.exceptions.ConnectionError(f"connection broke: {error}") from error
+            raise requests.exceptions.ConnectionError(f"reading the body failed: {error}") from error
         if not count:
             return
         yield buffer[:count]
@@ -675,7 +677,7 @@ _ClientKey = tuple[object, ...]
 
 @dataclass
 class _SharedClient:
-    """An httpx client and the number of async hooks that hold it."""
+    """An httpx client and the number of async hooks that use it."""
 
     client: httpx.AsyncClient
     users: int = 0
@@ -715,9 +717,9 @@ class _LoopClients:
 
 #: Async hooks that share one httpx client at most. httpcore's connection pool walks all
 #: its requests and connections for every request it starts or ends, so a pool for many
-#: busy hooks costs more CPU per request. With 1,000 triggers polling every second, 20
-#: hooks per client cost 1.4 ms of CPU per poll, 8 cost 1.1 ms and one client per hook
-#: 1.0 ms; with 30-second polls, 8 per client halved the memory (docs/benchmarks.md).
+#: busy hooks costs more CPU per request. With 1,000 triggers polling every second, a poll
+#: cost 1.4 ms of CPU with 20 hooks per client, 1.1 ms with 8 and 1.0 ms with one client
+#: per hook. With 30-second polls, 8 per client halved the memory (docs/benchmarks.md).
 HOOKS_PER_CLIENT = 8
 
 
@@ -725,6 +727,14 @@ HOOKS_PER_CLIENT = 8
 #: to the loop it first sends on, so each loop has its own.
 _CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = weakref.WeakKeyDictionary()
 _CLIENTS_LOCK = threading.Lock()
+
+
+class _HeldClient(NamedTuple):
+    """A shared client that one hook uses, with its key and the registry of its event loop."""
+
+    loop_clients: _LoopClients
+    key: _ClientKey
+    shared: _SharedClient
 
 
 def _clients_of_running_loop() -> _LoopClients:
@@ -737,8 +747,8 @@ def _clients_of_running_loop() -> _LoopClients:
 
 
 _SSL_CONTEXT: ssl.SSLContext | None = None
-_HTTP_CLIENT_READY = False
 _SSL_CONTEXT_LOCK = threading.Lock()
+_HTTP_CLIENT_READY = False
 
 
 def _shared_ssl_context() -> ssl.SSLContext:
@@ -812,8 +822,7 @@ class SepaExportAsyncHook(BaseHook):
         self._sleep = sleep
         self._transport = transport
         self._settings: endpoints.ConnectionSettings | None = None
-        # The shared client this hook holds, its key and the registry of its event loop.
-        self._shared: tuple[_LoopClients, _ClientKey, _SharedClient] | None = None
+        self._held: _HeldClient | None = None
 
     async def __aenter__(self) -> SepaExportAsyncHook:
         return self
@@ -822,25 +831,24 @@ class SepaExportAsyncHook(BaseHook):
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Let go of the shared HTTP client; the last hook that holds it closes it and its pool."""
+        """Release the shared HTTP client. The last hook that uses it closes it and its pool."""
         client = self._release_client()
         if client is not None:
             await client.aclose()
 
     @property
     def _client(self) -> httpx.AsyncClient | None:
-        """The HTTP client this hook holds, or ``None``."""
-        return self._shared[2].client if self._shared is not None else None
+        """The HTTP client this hook uses, or ``None``."""
+        return self._held.shared.client if self._held is not None else None
 
     def _release_client(self) -> httpx.AsyncClient | None:
-        """Stop holding the shared client, and return it when this hook must close it."""
-        entry, self._shared = self._shared, None
-        if entry is None:
+        """Stop using the shared client, and return it when this hook must close it."""
+        held, self._held = self._held, None
+        if held is None:
             return None
-        loop_clients, key, shared = entry
-        last = loop_clients.release(key, shared)
+        last = held.loop_clients.release(held.key, held.shared)
         # A client of another, finished event loop cannot close its connections from this one.
-        return shared.client if last and loop_clients is _clients_of_running_loop() else None
+        return held.shared.client if last and held.loop_clients is _clients_of_running_loop() else None
 
     async def get_settings(self) -> endpoints.ConnectionSettings:
         """Return the validated connection settings, looking the connection up on the first call.
@@ -862,17 +870,18 @@ class SepaExportAsyncHook(BaseHook):
 
     async def _get_client(self) -> httpx.AsyncClient:
         """Return this hook's HTTP client, shared with the loop's other hooks of the same API client."""
-        if self._shared is not None and self._shared[0] is not _clients_of_running_loop():
+        loop_clients = _clients_of_running_loop()
+        if self._held is not None and self._held.loop_clients is not loop_clients:
             # Used before in another event loop, whose client cannot serve this one.
             self._release_client()
-        if self._shared is None:
+        if self._held is None:
             settings = await self.get_settings()
             if not _HTTP_CLIENT_READY:
                 await asyncio.to_thread(_prepare_http_client)
             # A concurrent call on this hook may have taken a client during the awaits. From
             # here on nothing awaits, so the check and the count cannot interleave.
-            if self._shared is None:
-                # Cookies and connections stay within one API client: the key holds its credentials.
+            if self._held is None:
+                # Cookies and connections stay within one API client, because the key contains its credentials.
                 key: _ClientKey = (
                     settings.base_url,
                     payloads.TOKEN_CACHE.key(settings),
@@ -880,9 +889,8 @@ class SepaExportAsyncHook(BaseHook):
                     self.read_timeout,
                     self._transport,
                 )
-                loop_clients = _clients_of_running_loop()
-                self._shared = (loop_clients, key, loop_clients.acquire(key, self._build_client))
-        return self._shared[2].client
+                self._held = _HeldClient(loop_clients, key, loop_clients.acquire(key, self._build_client))
+        return self._held.shared.client
 
     def _build_client(self) -> httpx.AsyncClient:
         import httpx
