@@ -142,6 +142,20 @@ def hooks_built(monkeypatch, fake_api, retry_waits) -> list[SepaExportAsyncHook]
     return built
 
 
+@pytest.fixture
+def built_clients(monkeypatch) -> list[httpx.AsyncClient]:
+    """The httpx clients that async hooks build during the test, in order."""
+    built: list[httpx.AsyncClient] = []
+    original = SepaExportAsyncHook._build_client
+
+    def record_client(hook: SepaExportAsyncHook) -> httpx.AsyncClient:
+        built.append(original(hook))
+        return built[-1]
+
+    monkeypatch.setattr(SepaExportAsyncHook, "_build_client", record_client)
+    return built
+
+
 def make_trigger(wait: float = 5.0, **overrides: Any) -> SepaExportJobTrigger:
     now = time.time()
     arguments = {
@@ -364,16 +378,7 @@ class TestFirstCheckDelay:
 
 
 class TestTriggerRequests:
-    def test_one_client_and_token_across_polls(self, monkeypatch, fake_api, hooks_built):
-        built_clients = []
-        original = SepaExportAsyncHook._build_client
-
-        def count_client(hook):
-            client = original(hook)
-            built_clients.append(client)
-            return client
-
-        monkeypatch.setattr(SepaExportAsyncHook, "_build_client", count_client)
+    def test_one_client_and_token_across_polls(self, fake_api, hooks_built, built_clients):
         fake_api.jobs = [running_job()]
         finish_on_list(fake_api, 5, finished_job())
 
@@ -736,7 +741,7 @@ class TestSharedClient:
         assert all(client.is_closed for client in clients)
 
     @pytest.mark.asyncio
-    async def test_cancel_during_first_setup_leaves_no_user(self, monkeypatch, fake_api):
+    async def test_cancelled_setup_leaves_no_user(self, monkeypatch, fake_api):
         fake_api.jobs = [finished_job()]
         transport = httpx.MockTransport(fake_api.handle)
 
@@ -764,7 +769,7 @@ class TestSharedClient:
         assert self.loop_clients() == {}
 
     @pytest.mark.asyncio
-    async def test_concurrent_first_requests_of_one_hook_count_once(self, fake_api):
+    async def test_concurrent_first_requests_count_once(self, fake_api):
         fake_api.jobs = [finished_job()]
         hook = SepaExportAsyncHook(transport=httpx.MockTransport(fake_api.handle))
 
@@ -775,7 +780,7 @@ class TestSharedClient:
         assert client.is_closed
         assert self.loop_clients() == {}
 
-    def test_aclose_in_other_loop_leaves_shared_client_open(self, fake_api):
+    def test_other_loop_aclose_keeps_client(self, fake_api):
         fake_api.jobs = [finished_job()]
         transport = httpx.MockTransport(fake_api.handle)
         first, second = SepaExportAsyncHook(transport=transport), SepaExportAsyncHook(transport=transport)
@@ -794,7 +799,7 @@ class TestSharedClient:
         assert shared.is_closed
         assert len(fake_api.list_requests) == 3
 
-    def test_hook_in_new_loop_takes_new_client(self, fake_api):
+    def test_new_loop_takes_new_client(self, fake_api):
         fake_api.jobs = [finished_job()]
         hook = SepaExportAsyncHook(transport=httpx.MockTransport(fake_api.handle))
 
@@ -832,18 +837,10 @@ class TestSharedClient:
 
         assert loops[0]() is None
 
-    def test_cancelled_triggers_close_every_client(self, monkeypatch, fake_api):
+    def test_cancelled_triggers_close_every_client(self, monkeypatch, fake_api, built_clients):
         fake_api.jobs = [running_job()]
         finish_on_list(fake_api, 150, finished_job())
         transport = httpx.MockTransport(fake_api.handle)
-        built: list[httpx.AsyncClient] = []
-        original = SepaExportAsyncHook._build_client
-
-        def count_client(hook: SepaExportAsyncHook) -> httpx.AsyncClient:
-            built.append(original(hook))
-            return built[-1]
-
-        monkeypatch.setattr(SepaExportAsyncHook, "_build_client", count_client)
         monkeypatch.setattr(
             SepaExportJobTrigger, "_make_hook", lambda trigger: SepaExportAsyncHook(transport=transport)
         )
@@ -863,21 +860,13 @@ class TestSharedClient:
         left = asyncio.run(asyncio.wait_for(main(), timeout=30))
 
         assert left == {}
-        assert built
-        assert [client for client in built if not client.is_closed] == []
+        assert built_clients
+        assert [client for client in built_clients if not client.is_closed] == []
 
-    def test_concurrent_triggers_share_clients(self, monkeypatch, fake_api):
+    def test_concurrent_triggers_share_clients(self, monkeypatch, fake_api, built_clients):
         fake_api.jobs = [running_job()]
         finish_on_list(fake_api, 60, finished_job())
         transport = httpx.MockTransport(fake_api.handle)
-        built: list[httpx.AsyncClient] = []
-        original = SepaExportAsyncHook._build_client
-
-        def count_client(hook: SepaExportAsyncHook) -> httpx.AsyncClient:
-            built.append(original(hook))
-            return built[-1]
-
-        monkeypatch.setattr(SepaExportAsyncHook, "_build_client", count_client)
         monkeypatch.setattr(
             SepaExportJobTrigger, "_make_hook", lambda trigger: SepaExportAsyncHook(transport=transport)
         )
@@ -892,11 +881,11 @@ class TestSharedClient:
 
         assert [events[0]["status"] for events in results] == ["success"] * 30
         assert len(fake_api.list_requests) >= 60
-        assert len(built) == math.ceil(30 / HOOKS_PER_CLIENT)
-        assert all(client.is_closed for client in built)
+        assert len(built_clients) == math.ceil(30 / HOOKS_PER_CLIENT)
+        assert all(client.is_closed for client in built_clients)
 
     @pytest.mark.asyncio
-    async def test_full_client_leads_to_new_one(self, fake_api):
+    async def test_full_client_starts_another(self, fake_api):
         fake_api.jobs = [finished_job()]
         transport = httpx.MockTransport(fake_api.handle)
         hooks = [SepaExportAsyncHook(transport=transport) for _ in range(HOOKS_PER_CLIENT + 1)]
