@@ -35,6 +35,7 @@ from airflow_provider_sepa.core.retry import (
     TransportFailure,
     prepare_next_attempt,
 )
+from airflow_provider_sepa.core.staging import StagedFileWriter
 
 if TYPE_CHECKING:
     import ssl
@@ -43,11 +44,10 @@ if TYPE_CHECKING:
     import requests
     from airflow.sdk import ObjectStoragePath
 
-#: Size of the chunks a download is read, hashed and written in, in bytes. 64 KiB copies
-#: faster than 1 MiB on the measured machine (see docs/benchmarks.md, download section).
+#: Size of the chunks in which a compressed download is read, and in which a file already
+#: on disk is read back for its SHA-256, in bytes. An uncompressed download is read
+#: straight into the blocks of :class:`~airflow_provider_sepa.core.staging.StagedFileWriter`.
 DOWNLOAD_CHUNK_SIZE = 64 * 1024
-#: Bytes of a download after which the hook starts writing them to disk, ahead of the fsync.
-WRITEBACK_BYTES = 16 * 1024 * 1024
 
 
 class _BufferedResponse(Protocol):
@@ -391,22 +391,22 @@ class SepaExportHook(BaseHook):
             attempts.start_attempt()
             handle, staged = tempfile.mkstemp(prefix=".sepa-", suffix=".part", dir=staging_dir)
             try:
-                with os.fdopen(handle, "wb") as out, response:
-                    size, digest, received = _copy_body(response, out)
+                with response, StagedFileWriter(handle) as writer:
+                    digest, received = _copy_body(response, writer)
                     expected = response.headers.get("Content-Length")
                     if expected is not None and expected.isdigit() and int(expected) != received:
                         raise requests.exceptions.ChunkedEncodingError(f"got {received} of {expected} bytes")
-                    out.flush()
-                    os.fsync(out.fileno())
-                return staged, size, digest
+                    writer.finish()
+                os.close(handle)
+                return staged, writer.size, digest
             except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as error:
-                os.unlink(staged)
+                _discard(handle, staged)
                 decision = attempts.after_transport_failure(TransportFailure.DISCONNECTED, str(error))
             except requests.exceptions.Timeout as error:
-                os.unlink(staged)
+                _discard(handle, staged)
                 decision = attempts.after_transport_failure(TransportFailure.READ_TIMEOUT, type(error).__name__)
             except BaseException:
-                os.unlink(staged)
+                _discard(handle, staged)
                 raise
 
             if decision.action is Action.RETRY:
@@ -476,41 +476,35 @@ def _wire_bytes_read(response: requests.Response, decoded_size: int) -> int:
     return decoded_size
 
 
-def _copy_body(response: requests.Response, out: IO[bytes]) -> tuple[int, str, int]:
-    """Write the body to ``out`` and return its size, its SHA-256 and the bytes read off the wire.
+def _copy_body(response: requests.Response, writer: StagedFileWriter) -> tuple[str, int]:
+    """Write the body through ``writer`` and return its SHA-256 and the bytes read off the wire.
 
     The wire count differs from the size when the server compressed the body
     (Content-Encoding: gzip), and Content-Length counts the wire bytes.
-
-    Every WRITEBACK_BYTES the written part goes to the kernel's writeback and out of the
-    page cache (POSIX_FADV_DONTNEED, where the platform has it). The disk then writes while
-    the body still arrives, the fsync at the end has little left to wait for, and a large
-    file does not fill the worker's memory with pages that are not read again.
     """
     digest = hashlib.sha256()
-    size = 0
-    written_back = 0
-    advise = getattr(os, "posix_fadvise", None)
     plain = _plain_body(response)
-    chunks = _read_plain_body(plain) if plain is not None else response.iter_content(DOWNLOAD_CHUNK_SIZE)
-    for chunk in chunks:
-        out.write(chunk)
-        digest.update(chunk)
-        size += len(chunk)
-        if advise is not None and size - written_back >= WRITEBACK_BYTES:
-            out.flush()
-            advise(out.fileno(), written_back, size - written_back, os.POSIX_FADV_DONTNEED)
-            written_back = size
-    received = size if plain is not None else _wire_bytes_read(response, size)
-    return size, digest.hexdigest(), received
+    if plain is None:
+        for chunk in response.iter_content(DOWNLOAD_CHUNK_SIZE):
+            digest.update(chunk)
+            writer.write(chunk)
+        return digest.hexdigest(), _wire_bytes_read(response, writer.size)
+
+    while True:
+        space = writer.space()
+        count = _read_into(plain, space)
+        if not count:
+            return digest.hexdigest(), writer.size
+        digest.update(space[:count])
+        writer.commit(count)
 
 
 def _plain_body(response: requests.Response) -> IO[bytes] | None:
     """Return the body stream below urllib3 when the body is not compressed, else ``None``.
 
-    Reading it with ``readinto`` into one reused buffer skips urllib3's decoding layer and
-    a new bytes object per chunk: about 0.2 s of a 1 GiB download in the profile in
-    docs/benchmarks.md.
+    Reading it with ``readinto`` straight into the writer's blocks skips urllib3's decoding
+    layer, a new bytes object per chunk and a copy: about 0.2 s of a 1 GiB download in the
+    profile in docs/benchmarks.md.
 
     NOTE: the stream is urllib3's private ``_fp``, the ``http.client`` response, checked
     with urllib3 2.8. A urllib3 without it makes the download use ``iter_content``.
@@ -522,8 +516,8 @@ def _plain_body(response: requests.Response) -> IO[bytes] | None:
     return body if callable(getattr(body, "readinto", None)) else None
 
 
-def _read_plain_body(body: IO[bytes]) -> Iterator[memoryview]:
-    """Yield the body in views of one reused buffer, each valid until the next one.
+def _read_into(body: IO[bytes], buffer: memoryview) -> int:
+    """Read the next part of the body into ``buffer`` and return its length, 0 at the end.
 
     Errors become the exceptions ``iter_content`` raises for the same faults, so the
     download's retry rules see no difference.
@@ -532,22 +526,24 @@ def _read_plain_body(body: IO[bytes]) -> Iterator[memoryview]:
 
     import requests
 
-    buffer = memoryview(bytearray(DOWNLOAD_CHUNK_SIZE))
-    while True:
-        try:
-            count = body.readinto(buffer)  # type: ignore[attr-defined]
-        except http.client.HTTPException as error:
-            # IncompleteRead: the connection closed before Content-Length bytes or the last chunk.
-            raise requests.exceptions.ChunkedEncodingError(
-                f"the connection closed before the whole body arrived: {error!r}"
-            ) from error
-        except TimeoutError as error:
-            raise requests.exceptions.ReadTimeout(f"reading the body timed out: {error}") from error
-        except OSError as error:
-            raise requests.exceptions.ConnectionError(f"reading the body failed: {error}") from error
-        if not count:
-            return
-        yield buffer[:count]
+    try:
+        return int(body.readinto(buffer))  # type: ignore[attr-defined]
+    except http.client.HTTPException as error:
+        # IncompleteRead: the connection closed before Content-Length bytes or the last chunk.
+        raise requests.exceptions.ChunkedEncodingError(
+            f"the connection closed before the whole body arrived: {error!r}"
+        ) from error
+    except TimeoutError as error:
+        raise requests.exceptions.ReadTimeout(f"reading the body timed out: {error}") from error
+    except OSError as error:
+        raise requests.exceptions.ConnectionError(f"reading the body failed: {error}") from error
+
+
+def _discard(handle: int, staged: str) -> None:
+    """Close and delete a staged file after a failed download."""
+    with contextlib.suppress(OSError):
+        os.close(handle)
+    os.unlink(staged)
 
 
 def _as_storage_path(destination: Any, file_id: str) -> Any:

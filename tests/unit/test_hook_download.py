@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from airflow.sdk import ObjectStoragePath
 from airflow.sdk.io import attach
 
-from airflow_provider_sepa.core import endpoints
+from airflow_provider_sepa.core import endpoints, staging
 from airflow_provider_sepa.core.errors import (
     SepaExportDownloadError,
     SepaExportInputError,
@@ -95,35 +96,19 @@ class TestSepaExportHookDownload:
         assert record.sha256 == BODY_SHA256
         assert record.file_id == FILE_ID
 
-    def test_written_part_goes_to_writeback(self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path):
-        body = os.urandom(5 * 64 * 1024 + 123)
-        advised: list[tuple[int, int, int]] = []
-        monkeypatch.setattr(sepa_export, "WRITEBACK_BYTES", 128 * 1024)
-        monkeypatch.setattr(
-            os, "posix_fadvise", lambda fd, offset, length, advice: advised.append((offset, length, advice))
-        )
-        requests_mock.get(file_url, content=body)
+    @pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
+    def test_download_large_body(self, monkeypatch, direct, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        if not direct:
+            monkeypatch.setattr(staging, "_O_DIRECT", 0)
+        body = os.urandom(3 * staging.BLOCK_SIZE + 123)
+        requests_mock.get(file_url, content=body, headers={"Content-Length": str(len(body))})
         destination = tmp_path / "main.xml"
 
         record = hook.download_file(FILE_ID, destination)
 
         assert destination.read_bytes() == body
+        assert record.size_bytes == len(body)
         assert record.sha256 == hashlib.sha256(body).hexdigest()
-        assert advised == [
-            (0, 128 * 1024, os.POSIX_FADV_DONTNEED),
-            (128 * 1024, 128 * 1024, os.POSIX_FADV_DONTNEED),
-        ]
-
-    def test_download_without_fadvise(self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path):
-        body = os.urandom(3 * 64 * 1024)
-        monkeypatch.setattr(sepa_export, "WRITEBACK_BYTES", 64 * 1024)
-        monkeypatch.delattr(os, "posix_fadvise")
-        requests_mock.get(file_url, content=body)
-        destination = tmp_path / "main.xml"
-
-        hook.download_file(FILE_ID, destination)
-
-        assert destination.read_bytes() == body
 
     def test_download_leaves_only_target(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
         requests_mock.get(file_url, content=BODY)
@@ -231,8 +216,8 @@ class TestSepaExportHookDownload:
     def test_download_write_error_no_partial_file(
         self, hook, requests_mock, token_endpoint, file_url, tmp_path, monkeypatch
     ):
-        def copy_half_then_fail(response, out):
-            out.write(BODY[:10])
+        def copy_half_then_fail(response, writer):
+            writer.write(BODY[:10])
             raise OSError(errno.ENOSPC, "No space left on device")
 
         monkeypatch.setattr(sepa_export, "_copy_body", copy_half_then_fail)
@@ -242,6 +227,23 @@ class TestSepaExportHookDownload:
             hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
 
         assert files_in(tmp_path) == []
+
+    def test_disk_full_no_partial_file(self, hook, requests_mock, token_endpoint, file_url, tmp_path, monkeypatch):
+        real_write = os.write
+
+        def staged_file_full(fd, data):
+            if os.readlink(f"/proc/self/fd/{fd}").endswith(".part"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(fd, data)
+
+        monkeypatch.setattr(os, "write", staged_file_full)
+        requests_mock.get(file_url, content=os.urandom(3 * staging.BLOCK_SIZE))
+
+        with pytest.raises(OSError, match="No space left"):
+            hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+
+        assert files_in(tmp_path) == []
+        assert [thread for thread in threading.enumerate() if thread.name == "sepa-staged-file-writer"] == []
 
     def test_download_404(self, hook, requests_mock, token_endpoint, file_url, tmp_path, sleeps):
         requests_mock.get(file_url, status_code=404, json=BODY_404)
