@@ -58,9 +58,9 @@ HOOK_LOCAL = "hook, local path"
 HOOK_OBJECT_STORAGE = "hook, file:// ObjectStoragePath"
 
 
-def chunk_label(chunk_kib: int) -> str:
-    """Return the downloader label of the hook with its copy loop patched to ``chunk_kib`` chunks."""
-    return f"{HOOK_LOCAL}, {chunk_kib} KiB chunks"
+def block_label(block_kib: int) -> str:
+    """Return the downloader label of the hook with its staged file writer patched to ``block_kib`` blocks."""
+    return f"{HOOK_LOCAL}, {block_kib} KiB blocks"
 
 
 # -- child process ------------------------------------------------------------------------
@@ -87,20 +87,20 @@ def _reset_peak_rss() -> bool:
 
 
 def run_child(
-    file_id: str, destination: str, result_file: str, profile: str | None, chunk_size: int | None = None
+    file_id: str, destination: str, result_file: str, profile: str | None, block_size: int | None = None
 ) -> int:
     """Download one file with the hook and write timing and memory figures to ``result_file``.
 
-    ``chunk_size`` replaces the hook module's DOWNLOAD_CHUNK_SIZE for this process, to
-    measure a copy loop with other chunks without editing the hook.
+    ``block_size`` replaces ``staging.BLOCK_SIZE`` for this process, to measure the
+    download with other blocks without editing the package.
     """
-    from airflow_provider_sepa.hooks import sepa_export
+    from airflow_provider_sepa.core import staging
     from airflow_provider_sepa.hooks.sepa_export import SepaExportHook
 
-    if chunk_size is not None:
-        if not hasattr(sepa_export, "DOWNLOAD_CHUNK_SIZE"):
-            raise SystemExit("The hook module has no DOWNLOAD_CHUNK_SIZE any more; --chunk-size cannot patch it.")
-        sepa_export.DOWNLOAD_CHUNK_SIZE = chunk_size
+    if block_size is not None:
+        if not hasattr(staging, "BLOCK_SIZE"):
+            raise SystemExit("The staging module has no BLOCK_SIZE any more; --block-size cannot patch it.")
+        staging.BLOCK_SIZE = block_size
 
     hook = SepaExportHook()
     hook.get_token()  # fetched before the clock starts, as curl gets a ready token
@@ -209,14 +209,14 @@ def download_with_hook(
     expected: GeneratedFile,
     work_dir: str,
     profile: str | None = None,
-    chunk_size: int | None = None,
+    block_size: int | None = None,
 ) -> Sample:
     result_file = os.path.join(work_dir, "child-result.json")
     command = [sys.executable, __file__, "--child", expected.file_id, destination, result_file]
     if profile:
         command += ["--profile-out", profile]
-    if chunk_size:
-        command += ["--chunk-size", str(chunk_size)]
+    if block_size:
+        command += ["--block-size", str(block_size)]
     exit_code = subprocess.run(command).returncode
     if exit_code != 0:
         raise RuntimeError(f"The download child process failed with exit code {exit_code}.")
@@ -282,11 +282,16 @@ def check_disk_space(sizes_mib: list[int], *folders: str) -> None:
 
 
 #: cProfile entries of the hook's copy loop, by the label they get in the breakdown table.
+#: cProfile sees only the reading thread: the file writes run in the writer thread, and the
+#: reader's share of them is its wait for a free block and for the thread to end.
 PROFILE_PARTS = {
-    "socket reads": "method 'recv_into' of '_socket.socket' objects",
-    "file writes": "method 'write' of '_io.BufferedWriter' objects",
-    "SHA-256": "method 'update' of '_hashlib.HASH' objects",
-    "fsync": "built-in method posix.fsync",
+    "socket reads": ("method 'recv_into' of '_socket.socket' objects",),
+    "SHA-256": ("method 'update' of '_hashlib.HASH' objects",),
+    "waits for the writer thread": (
+        "method 'get' of '_queue.SimpleQueue' objects",
+        "method 'acquire' of '_thread.lock' objects",
+    ),
+    "fsync": ("built-in method posix.fsync",),
 }
 
 
@@ -297,19 +302,19 @@ def summarize_profile(path: str) -> dict[str, float]:
     stats = pstats.Stats(path)
     parts = dict.fromkeys(PROFILE_PARTS, 0.0)
     for (_, _, function), (_, _, own_seconds, _, _) in stats.stats.items():  # type: ignore[attr-defined]
-        for label, name in PROFILE_PARTS.items():
-            if name in function:
+        for label, names in PROFILE_PARTS.items():
+            if any(name in function for name in names):
                 parts[label] += own_seconds
     parts["total"] = stats.total_tt  # type: ignore[attr-defined]
     return parts
 
 
 def download_all(
-    hook: Any, file: GeneratedFile, repeats: int, work_dir: str, chunk_kib: list[int]
+    hook: Any, file: GeneratedFile, repeats: int, work_dir: str, block_kib: list[int]
 ) -> tuple[dict[str, list[Sample]], dict[str, float]]:
     """Download one file ``repeats`` times with every downloader, then once more with the hook under cProfile."""
     url = hook.settings.file_url(file.file_id)
-    tools = downloaders(chunk_kib)
+    tools = downloaders(block_kib)
     samples: dict[str, list[Sample]] = {tool: [] for tool in tools}
     output = os.path.join(work_dir, f"{file.target_mib}.xml")
     for repeat in range(1, repeats + 1):
@@ -326,8 +331,8 @@ def download_all(
             elif tool == HOOK_OBJECT_STORAGE:
                 sample = download_with_hook("file://" + output, file, work_dir)
             else:
-                kib = next(kib for kib in chunk_kib if chunk_label(kib) == tool)
-                sample = download_with_hook(output, file, work_dir, chunk_size=kib * 1024)
+                kib = next(kib for kib in block_kib if block_label(kib) == tool)
+                sample = download_with_hook(output, file, work_dir, block_size=kib * 1024)
             os.unlink(output)
             log(f"download: {file.target_mib} MiB, repeat {repeat} of {repeats}, {tool}: {sample.seconds:.2f} s")
             samples[tool].append(sample)
@@ -341,12 +346,12 @@ def download_all(
     return samples, breakdown
 
 
-def downloaders(chunk_kib: list[int]) -> list[str]:
+def downloaders(block_kib: list[int]) -> list[str]:
     """Return the labels of the downloaders to compare, curl first."""
-    return [CURL, HOOK_LOCAL, HOOK_OBJECT_STORAGE, *(chunk_label(kib) for kib in chunk_kib)]
+    return [CURL, HOOK_LOCAL, HOOK_OBJECT_STORAGE, *(block_label(kib) for kib in block_kib)]
 
 
-def run(sizes_mib: list[int], repeats: int, chunk_kib: list[int], output_root: str | None = None) -> str:
+def run(sizes_mib: list[int], repeats: int, block_kib: list[int], output_root: str | None = None) -> str:
     """Generate the files, download each size ``repeats`` times with every tool and return Markdown."""
     from airflow_provider_sepa.emulator.config import EmulatorConfig
     from airflow_provider_sepa.emulator.server import EmulatorServer
@@ -377,13 +382,13 @@ def run(sizes_mib: list[int], repeats: int, chunk_kib: list[int], output_root: s
                 for size in sizes_mib:
                     log(f"download: generating about {size} MiB ({orders[size]} orders)")
                     file = generate(server, hook, f"{SITE}{size}", size, orders[size])
-                    samples, breakdown = download_all(hook, file, repeats, work_dir, chunk_kib)
+                    samples, breakdown = download_all(hook, file, repeats, work_dir, block_kib)
                     measured.append((file, samples, breakdown))
             finally:
                 hook.close()
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    return _format(measured, repeats, downloaders(chunk_kib))
+    return _format(measured, repeats, downloaders(block_kib))
 
 
 def _throughputs(file: GeneratedFile, samples: list[Sample]) -> list[float]:
@@ -482,32 +487,32 @@ def main() -> int:
         child.add_argument("destination")
         child.add_argument("result_file")
         child.add_argument("--profile-out")
-        child.add_argument("--chunk-size", type=int)
+        child.add_argument("--block-size", type=int)
         child_args = child.parse_args(sys.argv[2:])
         return run_child(
             child_args.file_id,
             child_args.destination,
             child_args.result_file,
             child_args.profile_out,
-            child_args.chunk_size,
+            child_args.block_size,
         )
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes-mib", default="100,1024", help="file sizes in MiB, comma-separated (default 100,1024)")
     parser.add_argument("--repeats", type=int, default=5, help="downloads per size and downloader (default 5)")
     parser.add_argument(
-        "--hook-chunk-kib",
+        "--hook-block-kib",
         default="",
-        help="comma-separated chunk sizes in KiB; each adds a hook downloader whose copy loop uses that "
-        "chunk size instead of the hook's DOWNLOAD_CHUNK_SIZE (default: none)",
+        help="comma-separated block sizes in KiB, multiples of 4; each adds a hook downloader whose staged "
+        "file writer uses that block size instead of staging.BLOCK_SIZE (default: none)",
     )
     parser.add_argument("--output-root", help="folder for the downloaded files (default: the system temp folder)")
     parser.add_argument("--markdown-out", help="also write the Markdown result to this file")
     args = parser.parse_args()
 
     sizes = [int(size) for size in args.sizes_mib.split(",") if size.strip()]
-    chunk_kib = [int(kib) for kib in args.hook_chunk_kib.split(",") if kib.strip()]
-    markdown = run(sizes, args.repeats, chunk_kib, args.output_root)
+    block_kib = [int(kib) for kib in args.hook_block_kib.split(",") if kib.strip()]
+    markdown = run(sizes, args.repeats, block_kib, args.output_root)
     print(markdown)
     bench_common.write_markdown(args.markdown_out, markdown)
     return 0
