@@ -9,8 +9,8 @@ import queue
 import threading
 from types import TracebackType
 
-#: Bytes per block. A full block is one write; it is a multiple of every disk's logical
-#: block size, as direct I/O requires.
+#: Bytes per block. A full block is one write. The size is a multiple of every disk's
+#: logical block size, as direct I/O requires.
 BLOCK_SIZE = 1024 * 1024
 #: Blocks per download. The reader waits for a free block when the disk falls behind, so a
 #: download never holds more than BLOCKS * BLOCK_SIZE bytes in memory, whatever its size.
@@ -37,6 +37,9 @@ class StagedFileWriter:
     blocks. Where direct I/O is not available (no O_DIRECT on the platform, or a file
     system that rejects it), every write goes through the page cache, and the written part
     goes to the kernel's writeback every WRITEBACK_BYTES.
+
+    NOTE: direct I/O was measured on ext4 only. On a network file system such as NFS, where
+    each direct write waits for the server, it may be slower than buffered writes.
 
     Use it as a context manager and call :meth:`finish` when the stream has ended. Leaving
     the ``with`` block without :meth:`finish` stops the writer thread and drops the blocks
@@ -186,9 +189,9 @@ def _set_direct_io(fd: int, enable: bool) -> bool:
     import fcntl
 
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    wanted = flags | _O_DIRECT if enable else flags & ~_O_DIRECT
+    new_flags = flags | _O_DIRECT if enable else flags & ~_O_DIRECT
     try:
-        fcntl.fcntl(fd, fcntl.F_SETFL, wanted)
+        fcntl.fcntl(fd, fcntl.F_SETFL, new_flags)
     except OSError:
         # Linux raises EINVAL here for a file system without direct I/O, such as older tmpfs.
         if enable:

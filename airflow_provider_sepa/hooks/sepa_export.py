@@ -391,22 +391,26 @@ class SepaExportHook(BaseHook):
             attempts.start_attempt()
             handle, staged = tempfile.mkstemp(prefix=".sepa-", suffix=".part", dir=staging_dir)
             try:
-                with response, StagedFileWriter(handle) as writer:
+                # Leaving the block stops the writer thread before the file is closed.
+                with (
+                    response,
+                    os.fdopen(handle, "wb", buffering=0) as staged_file,
+                    StagedFileWriter(staged_file.fileno()) as writer,
+                ):
                     digest, received = _copy_body(response, writer)
                     expected = response.headers.get("Content-Length")
                     if expected is not None and expected.isdigit() and int(expected) != received:
                         raise requests.exceptions.ChunkedEncodingError(f"got {received} of {expected} bytes")
                     writer.finish()
-                os.close(handle)
                 return staged, writer.size, digest
             except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as error:
-                _discard(handle, staged)
+                os.unlink(staged)
                 decision = attempts.after_transport_failure(TransportFailure.DISCONNECTED, str(error))
             except requests.exceptions.Timeout as error:
-                _discard(handle, staged)
+                os.unlink(staged)
                 decision = attempts.after_transport_failure(TransportFailure.READ_TIMEOUT, type(error).__name__)
             except BaseException:
-                _discard(handle, staged)
+                os.unlink(staged)
                 raise
 
             if decision.action is Action.RETRY:
@@ -537,13 +541,6 @@ def _read_into(body: IO[bytes], buffer: memoryview) -> int:
         raise requests.exceptions.ReadTimeout(f"reading the body timed out: {error}") from error
     except OSError as error:
         raise requests.exceptions.ConnectionError(f"reading the body failed: {error}") from error
-
-
-def _discard(handle: int, staged: str) -> None:
-    """Close and delete a staged file after a failed download."""
-    with contextlib.suppress(OSError):
-        os.close(handle)
-    os.unlink(staged)
 
 
 def _as_storage_path(destination: Any, file_id: str) -> Any:
