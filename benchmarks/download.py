@@ -1,9 +1,11 @@
 """Measure download throughput and memory of SepaExportHook.download_file against curl.
 
 The emulator serves generated pain.008 files of about 100 MiB and 1 GiB on 127.0.0.1.
-For each size, every repeat downloads the file once with each downloader: curl, the hook
-to a local path and the hook to a ``file://`` ObjectStoragePath. Each download runs in a
-new child process, and its result is deleted before the next one.
+For each size, every repeat downloads the file once with each downloader: curl, curl to
+``/dev/null``, the hook to a local path and the hook to a ``file://`` ObjectStoragePath.
+Each download runs in a new child process, and its result is deleted before the next one.
+The goal compares the hook with curl writing to a file; curl to ``/dev/null`` shows what
+the emulator and the loopback deliver when no disk is involved.
 
 - Throughput: file size divided by the time of the download alone, after ``os.sync()``
   has written back the dirty pages of earlier steps. For curl that is its
@@ -31,6 +33,7 @@ import gc
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -54,6 +57,8 @@ GOAL_RSS_GROWTH_MIB = 64.0
 FLAT_TOLERANCE_MIB = 8.0
 
 CURL = "curl"
+#: curl writing to /dev/null: what the emulator and the loopback can deliver without a disk.
+CURL_NO_DISK = "curl to /dev/null"
 HOOK_LOCAL = "hook, local path"
 HOOK_OBJECT_STORAGE = "hook, file:// ObjectStoragePath"
 
@@ -118,6 +123,7 @@ def run_child(
     gc.collect()
     before = _proc_status_kib()
     peak_was_reset = _reset_peak_rss()
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     if profiler is not None:
         profiler.enable()
@@ -125,6 +131,7 @@ def run_child(
     if profiler is not None:
         profiler.disable()
     seconds = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     after = _proc_status_kib()
     hook.close()
     if profiler is not None:
@@ -138,6 +145,8 @@ def run_child(
         "rss_growth_kib": max(after["VmHWM"] - baseline, 0),
         "peak_rss_kib": after["VmHWM"],
         "peak_was_reset": peak_was_reset,
+        "user_seconds": cpu_after.ru_utime - cpu_before.ru_utime,
+        "system_seconds": cpu_after.ru_stime - cpu_before.ru_stime,
     }
     Path(result_file).write_text(json.dumps(result), encoding="utf-8")
     return 0
@@ -151,6 +160,9 @@ class Sample:
     seconds: float
     rss_growth_mib: float | None
     peak_rss_mib: float
+    #: CPU time of the downloading process in user and kernel mode, all its threads.
+    user_seconds: float
+    system_seconds: float
 
 
 @dataclass
@@ -183,6 +195,8 @@ def download_with_curl(url: str, token: str, output: str, expected: GeneratedFil
     """Download ``url`` to ``output`` with curl, which reads the bearer token from its stdin."""
     command = ["curl", "--silent", "--show-error", "--fail", "--config", "-", "--output", output]
     command += ["--write-out", "%{time_total} %{size_download}", url]
+    # Only curl is reaped while this function runs, so the children's CPU time grows by curl's alone.
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
     assert stdin is not None
@@ -195,13 +209,21 @@ def download_with_curl(url: str, token: str, output: str, expected: GeneratedFil
     written = stdout.read().decode()
     error = stderr.read().decode()
     exit_code = process.wait()
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
 
     if exit_code != 0:
         raise RuntimeError(f"curl failed with exit code {exit_code}: {error.strip()}")
     seconds, size = written.split()
-    if int(size) != expected.size_bytes or os.path.getsize(output) != expected.size_bytes:
+    on_disk = expected.size_bytes if output == os.devnull else os.path.getsize(output)
+    if int(size) != expected.size_bytes or on_disk != expected.size_bytes:
         raise RuntimeError(f"curl wrote {size} bytes, expected {expected.size_bytes}.")
-    return Sample(seconds=float(seconds), rss_growth_mib=None, peak_rss_mib=peak_rss)
+    return Sample(
+        seconds=float(seconds),
+        rss_growth_mib=None,
+        peak_rss_mib=peak_rss,
+        user_seconds=cpu_after.ru_utime - cpu_before.ru_utime,
+        system_seconds=cpu_after.ru_stime - cpu_before.ru_stime,
+    )
 
 
 def download_with_hook(
@@ -230,6 +252,8 @@ def download_with_hook(
         seconds=result["seconds"],
         rss_growth_mib=result["rss_growth_kib"] / 1024,
         peak_rss_mib=result["peak_rss_kib"] / 1024,
+        user_seconds=result["user_seconds"],
+        system_seconds=result["system_seconds"],
     )
 
 
@@ -282,8 +306,8 @@ def check_disk_space(sizes_mib: list[int], *folders: str) -> None:
 
 
 #: cProfile entries of the hook's copy loop, by the label they get in the breakdown table.
-#: cProfile sees only the reading thread: the file writes run in the writer thread, and the
-#: reader's share of them is its wait for a free block and for the thread to end.
+#: cProfile profiles only the reading thread. The file writes run in the writer thread, and
+#: the reader's share of them is its wait for a free block and for the thread to end.
 PROFILE_PARTS = {
     "socket reads": ("method 'recv_into' of '_socket.socket' objects",),
     "SHA-256": ("method 'update' of '_hashlib.HASH' objects",),
@@ -326,6 +350,8 @@ def download_all(
             os.sync()
             if tool == CURL:
                 sample = download_with_curl(url, hook.get_token(), output, file)
+            elif tool == CURL_NO_DISK:
+                sample = download_with_curl(url, hook.get_token(), os.devnull, file)
             elif tool == HOOK_LOCAL:
                 sample = download_with_hook(output, file, work_dir)
             elif tool == HOOK_OBJECT_STORAGE:
@@ -333,7 +359,8 @@ def download_all(
             else:
                 kib = next(kib for kib in block_kib if block_label(kib) == tool)
                 sample = download_with_hook(output, file, work_dir, block_size=kib * 1024)
-            os.unlink(output)
+            if os.path.exists(output):
+                os.unlink(output)
             log(f"download: {file.target_mib} MiB, repeat {repeat} of {repeats}, {tool}: {sample.seconds:.2f} s")
             samples[tool].append(sample)
 
@@ -348,7 +375,7 @@ def download_all(
 
 def downloaders(block_kib: list[int]) -> list[str]:
     """Return the labels of the downloaders to compare, curl first."""
-    return [CURL, HOOK_LOCAL, HOOK_OBJECT_STORAGE, *(block_label(kib) for kib in block_kib)]
+    return [CURL, CURL_NO_DISK, HOOK_LOCAL, HOOK_OBJECT_STORAGE, *(block_label(kib) for kib in block_kib)]
 
 
 def run(sizes_mib: list[int], repeats: int, block_kib: list[int], output_root: str | None = None) -> str:
@@ -408,6 +435,8 @@ def _format(
             peak = max(sample.peak_rss_mib for sample in samples[tool])
             if tool == CURL:
                 ratio, growth, goal = "1.00", "", "reference"
+            elif tool == CURL_NO_DISK:
+                ratio, growth, goal = f"{mib_s / curl_mib_s:.2f}", "", "ceiling without a disk"
             elif tool not in (HOOK_LOCAL, HOOK_OBJECT_STORAGE):
                 ratio = f"{median(speeds) / curl_mib_s:.2f}"
                 growth = f"{max(sample.rss_growth_mib or 0.0 for sample in samples[tool]):.1f}"
@@ -429,6 +458,8 @@ def _format(
                     ratio,
                     growth,
                     f"{peak:.0f}",
+                    f"{median([sample.user_seconds for sample in samples[tool]]):.2f}",
+                    f"{median([sample.system_seconds for sample in samples[tool]]):.2f}",
                     goal,
                 ]
             )
@@ -441,6 +472,8 @@ def _format(
             "ratio to curl",
             "RSS growth MiB (max)",
             "peak RSS MiB",
+            "user CPU s",
+            "system CPU s",
             "goal",
         ],
         rows,
@@ -459,7 +492,8 @@ def _format(
         for file, _, _ in measured
     )
     notes = [
-        f"Median of {repeats} downloads per row, each in a new process. Goals: at least "
+        f"Median of {repeats} downloads per row, each in a new process. The CPU columns are medians as well, "
+        "and count all threads of the downloading process. Goals: at least "
         f"{GOAL_RATIO_TO_CURL}x curl's throughput and at most {GOAL_RSS_GROWTH_MIB:.0f} MiB RSS growth, "
         f"flat across sizes (within {FLAT_TOLERANCE_MIB:.0f} MiB). Emulator file generation: {generation}.",
         "A `file://` ObjectStoragePath is published like a local path (hard link), so this run does not "
@@ -503,8 +537,8 @@ def main() -> int:
     parser.add_argument(
         "--hook-block-kib",
         default="",
-        help="comma-separated block sizes in KiB, multiples of 4; each adds a hook downloader whose staged "
-        "file writer uses that block size instead of staging.BLOCK_SIZE (default: none)",
+        help="comma-separated block sizes in KiB, each a multiple of the page size (4 KiB). Each adds a hook "
+        "downloader whose staged file writer uses that block size instead of staging.BLOCK_SIZE (default: none)",
     )
     parser.add_argument("--output-root", help="folder for the downloaded files (default: the system temp folder)")
     parser.add_argument("--markdown-out", help="also write the Markdown result to this file")
