@@ -4,7 +4,7 @@ The emulator serves generated pain.008 files of about 100 MiB and 1 GiB on 127.0
 For each size, every repeat downloads the file once with each downloader: curl, curl to
 ``/dev/null``, the hook to a local path and the hook to a ``file://`` ObjectStoragePath.
 Each download runs in a new child process, and its result is deleted before the next one.
-The goal compares the hook with curl writing to a file; curl to ``/dev/null`` shows what
+The goal compares the hook with curl writing to a file. Curl to ``/dev/null`` shows what
 the emulator and the loopback deliver when no disk is involved.
 
 - Throughput: file size divided by the time of the download alone, after ``os.sync()``
