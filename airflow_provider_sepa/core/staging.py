@@ -7,6 +7,7 @@ import mmap
 import os
 import queue
 import threading
+import traceback
 from types import TracebackType
 
 #: Bytes per block. A full block is one write. The size is a multiple of every disk's
@@ -59,6 +60,11 @@ class StagedFileWriter:
         if blocks < 2:
             raise ValueError(f"Invalid block count {blocks}: the reader and the writer need at least 2 blocks.")
         self._fd = fd
+        # The writer thread writes through its own duplicate of the descriptor and closes it
+        # when it ends. Should the thread outlive the reader, because an exception interrupted
+        # the wait for it, its last write still lands in this file, and never in a file that
+        # reuses the caller's descriptor number after the caller closed it.
+        self._writer_fd = os.dup(fd)
         self._block_size = block_size
         self.direct = direct and _set_direct_io(fd, True)
         #: Bytes accepted from the reader so far.
@@ -76,8 +82,9 @@ class StagedFileWriter:
         self._block = self._free.get()
         self._view = memoryview(self._block)
         self._filled = 0
-        self._stopped = False
+        self._finished = False
         self._abandoned = False
+        self._end_sent = False
         self._thread = threading.Thread(target=self._write_blocks, name="sepa-staged-file-writer", daemon=True)
         self._thread.start()
 
@@ -85,9 +92,15 @@ class StagedFileWriter:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, exc_tb: TracebackType | None
     ) -> None:
-        self._stop(abandon=True)
+        if not self._finished:
+            self._abandoned = True
+        self._stop()
+        if self._error is not None:
+            # The error's traceback holds the writer thread's frames, which refer back to this
+            # writer and its blocks. Clearing them lets reference counting free the blocks.
+            traceback.clear_frames(self._error.__traceback__)
 
     # -- reader side -------------------------------------------------------------------
 
@@ -122,9 +135,10 @@ class StagedFileWriter:
         """
         if self._filled:
             self._hand_over()
-        self._stop(abandon=False)
+        self._stop()
         self._raise_writer_error()
         os.fsync(self._fd)
+        self._finished = True
 
     def _hand_over(self) -> None:
         self._raise_writer_error()
@@ -137,38 +151,41 @@ class StagedFileWriter:
         if self._error is not None:
             raise self._error
 
-    def _stop(self, *, abandon: bool) -> None:
-        if not self._stopped:
-            self._stopped = True
-            self._abandoned = abandon
+    def _stop(self) -> None:
+        # A second end marker, after an interruption between these two lines, is harmless.
+        if not self._end_sent:
             self._full.put(None)
-            self._thread.join()
+            self._end_sent = True
+        self._thread.join()
 
     # -- writer thread -----------------------------------------------------------------
 
     def _write_blocks(self) -> None:
-        while (item := self._full.get()) is not None:
-            block, length = item
-            try:
-                # After an error, or once the reader abandoned the file, blocks only go back.
-                if self._error is None and not self._abandoned:
-                    self._write_block(memoryview(block)[:length])
-            except BaseException as error:  # noqa: BLE001 - raised again in the reader
-                self._error = error
-            finally:
-                self._free.put(block)
+        try:
+            while (item := self._full.get()) is not None:
+                block, length = item
+                try:
+                    # After an error, or once the reader abandoned the file, blocks only go back.
+                    if self._error is None and not self._abandoned:
+                        self._write_block(memoryview(block)[:length])
+                except BaseException as error:  # noqa: BLE001 - raised again in the reader
+                    self._error = error
+                finally:
+                    self._free.put(block)
+        finally:
+            os.close(self._writer_fd)
 
     def _write_block(self, data: memoryview) -> None:
         if self.direct and len(data) < self._block_size:
-            self.direct = _set_direct_io(self._fd, False)
+            self.direct = _set_direct_io(self._writer_fd, False)
         while data:
             try:
-                count = os.write(self._fd, data)
+                count = os.write(self._writer_fd, data)
             except OSError as error:
                 if not (self.direct and error.errno == errno.EINVAL):
                     raise
                 # Some file systems take O_DIRECT when it is set and reject the writes.
-                self.direct = _set_direct_io(self._fd, False)
+                self.direct = _set_direct_io(self._writer_fd, False)
                 continue
             data = data[count:]
             self._written += count
@@ -179,7 +196,7 @@ class StagedFileWriter:
         advise = getattr(os, "posix_fadvise", None)
         if advise is None or self._written - self._written_back < WRITEBACK_BYTES:
             return
-        advise(self._fd, self._written_back, self._written - self._written_back, os.POSIX_FADV_DONTNEED)
+        advise(self._writer_fd, self._written_back, self._written - self._written_back, os.POSIX_FADV_DONTNEED)
         self._written_back = self._written
 
 

@@ -243,7 +243,8 @@ class TestSepaExportHookDownload:
             hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
 
         assert files_in(tmp_path) == []
-        assert [thread for thread in threading.enumerate() if thread.name == "sepa-staged-file-writer"] == []
+        running = [thread for thread in threading.enumerate() if thread.is_alive()]
+        assert "sepa-staged-file-writer" not in [thread.name for thread in running]
 
     def test_download_404(self, hook, requests_mock, token_endpoint, file_url, tmp_path, sleeps):
         requests_mock.get(file_url, status_code=404, json=BODY_404)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import mmap
 import os
+import signal
 import threading
+import time
+import weakref
 
 import pytest
 
@@ -26,8 +30,14 @@ def staged(tmp_path):
     os.close(fd)
 
 
+def same_file(descriptor: int, other: int) -> bool:
+    return os.path.samestat(os.fstat(descriptor), os.fstat(other))
+
+
 def writer_threads() -> list[threading.Thread]:
-    return [thread for thread in threading.enumerate() if thread.name == THREAD_NAME]
+    """Return the running writer threads."""
+    # is_alive(), because after an interrupted join() Python 3.11 can list an ended thread.
+    return [thread for thread in threading.enumerate() if thread.name == THREAD_NAME and thread.is_alive()]
 
 
 def write_by_reading_into(writer: StagedFileWriter, data: bytes, piece: int) -> None:
@@ -119,7 +129,7 @@ class TestStagedFileWriterContent:
         rejected = []
 
         def reject_direct_writes(descriptor, data):
-            if descriptor == fd and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            if same_file(descriptor, fd) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
                 rejected.append(len(data))
                 raise OSError(errno.EINVAL, "Invalid argument")
             return real_write(descriptor, data)
@@ -233,7 +243,8 @@ class TestStagedFileWriterFailures:
         real_write = os.write
 
         def record_write(descriptor, data):
-            written.append(len(data))
+            if same_file(descriptor, fd):
+                written.append(len(data))
             return real_write(descriptor, data)
 
         monkeypatch.setattr(os, "write", record_write)
@@ -320,3 +331,86 @@ class TestStagedFileWriterArguments:
                 writer.commit(BLOCK)
             with pytest.raises(ValueError, match="Invalid count -1"):
                 writer.commit(-1)
+
+
+class Interrupted(Exception):
+    """Raised from a signal handler, as Airflow's execution_timeout raises AirflowTaskTimeout."""
+
+
+class TestStagedFileWriterInterruption:
+    def test_interrupted_finish_stops_writing(self, monkeypatch, staged, tmp_path):
+        fd, path = staged
+        real_write = os.write
+        writes_to_staged = []
+
+        def slow_write(descriptor, data):
+            if same_file(descriptor, fd):
+                writes_to_staged.append(len(data))
+                time.sleep(0.3)
+            return real_write(descriptor, data)
+
+        def interrupt(signum, frame):
+            raise Interrupted
+
+        monkeypatch.setattr(os, "write", slow_write)
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            with pytest.raises(Interrupted), StagedFileWriter(fd, direct=False, block_size=BLOCK, blocks=4) as writer:
+                writer.write(b"f" * (2 * BLOCK + 10))
+                # The writer needs about 0.9 s for three writes, so the alarm hits finish() while it waits.
+                signal.setitimer(signal.ITIMER_REAL, 0.2)
+                writer.finish()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+        assert writer_threads() == []
+        writes_at_exit = len(writes_to_staged)
+        time.sleep(0.5)
+        assert len(writes_to_staged) == writes_at_exit
+        # The block being written when the alarm came is completed; the rest is dropped.
+        assert writes_at_exit == 1
+        assert path.stat().st_size == BLOCK
+
+    def test_late_write_misses_reused_descriptor(self, monkeypatch, tmp_path):
+        """A writer thread that outlives its reader writes to its own descriptor, not to a reused number."""
+        fd = os.open(tmp_path / "file.part", os.O_WRONLY | os.O_CREAT, 0o600)
+        release = threading.Event()
+        real_write = os.write
+
+        def held_write(descriptor, data):
+            if threading.current_thread().name == THREAD_NAME:
+                release.wait(5)
+            return real_write(descriptor, data)
+
+        monkeypatch.setattr(os, "write", held_write)
+        writer = StagedFileWriter(fd, direct=False, block_size=BLOCK, blocks=2)
+        writer.write(b"g" * BLOCK)  # handed over, and held in the writer thread
+        os.close(fd)
+        other = os.open(tmp_path / "other.log", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            assert other == fd  # the number of the closed descriptor is reused
+            release.set()
+            writer.finish()
+        finally:
+            os.close(other)
+
+        assert (tmp_path / "other.log").stat().st_size == 0
+        assert (tmp_path / "file.part").stat().st_size == BLOCK
+
+    def test_writer_freed_after_error(self):
+        fd = os.open("/dev/full", os.O_WRONLY)
+        gc.disable()
+        try:
+            with (
+                pytest.raises(OSError, match="No space left"),
+                StagedFileWriter(fd, direct=False, block_size=BLOCK, blocks=2) as writer,
+            ):
+                writer.write(b"h" * 10)
+                writer.finish()
+            reference = weakref.ref(writer)
+            del writer
+            assert reference() is None
+        finally:
+            gc.enable()
+            os.close(fd)
