@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -593,18 +594,22 @@ def _publish_local(staged: str, destination: str, digest: str, file_id: str) -> 
             resource_id=f"file {file_id}",
             hint="End the destination with '/' to save the file inside it, or name a file.",
         )
+    published = False
     try:
         # A hard link publishes the complete file atomically and, unlike os.replace,
         # fails instead of overwriting a file that appeared in the meantime.
         os.link(staged, destination)
-        return destination
+        published = True
     except FileExistsError:
         pass
     except OSError:
         # Some file systems (FUSE mounts, some network shares) have no hard links.
         if not os.path.exists(destination):
             os.replace(staged, destination)
-            return destination
+            published = True
+    if published:
+        _fsync_folder(os.path.dirname(destination))
+        return destination
 
     if _sha256_of(destination) == digest:
         return destination
@@ -615,6 +620,22 @@ def _publish_local(staged: str, destination: str, digest: str, file_id: str) -> 
         resource_id=f"file {file_id}",
         hint="A bank file is never overwritten; move the old file away or choose another destination.",
     )
+
+
+def _fsync_folder(folder: str) -> None:
+    """Write a folder's entries to disk, so that a file name just published survives a power loss.
+
+    File systems that cannot fsync a folder (EINVAL or EOPNOTSUPP, as some network file
+    systems) are skipped. Every other error is raised.
+    """
+    descriptor = os.open(folder or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(descriptor)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(descriptor)
 
 
 def _publish_storage(staged: str, target: Any, digest: str, file_id: str) -> str:

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import os
+import stat
 import threading
 import uuid
 from pathlib import Path
@@ -402,3 +403,55 @@ class TestSepaExportHookDownloadObjectStorage:
             hook.download_file(FILE_ID, f"{memory_bucket}/main.xml")
 
         assert not ObjectStoragePath(f"{memory_bucket}/main.xml").exists()
+
+
+class TestPublishDurability:
+    def test_folder_synced_after_publish(self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        synced_folders = []
+        real_fsync = os.fsync
+
+        def record_fsync(descriptor):
+            if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+                synced_folders.append(os.fstat(descriptor).st_ino)
+            return real_fsync(descriptor)
+
+        monkeypatch.setattr(os, "fsync", record_fsync)
+        requests_mock.get(file_url, content=BODY)
+        destination = tmp_path / "out" / "main.xml"
+
+        hook.download_file(FILE_ID, str(destination))
+
+        assert synced_folders == [(tmp_path / "out").stat().st_ino]
+        assert destination.read_bytes() == BODY
+
+    def test_folder_sync_unsupported_skipped(
+        self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path
+    ):
+        real_fsync = os.fsync
+
+        def folder_fsync_unsupported(descriptor):
+            if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_fsync(descriptor)
+
+        monkeypatch.setattr(os, "fsync", folder_fsync_unsupported)
+        requests_mock.get(file_url, content=BODY)
+        destination = tmp_path / "main.xml"
+
+        hook.download_file(FILE_ID, str(destination))
+
+        assert destination.read_bytes() == BODY
+
+    def test_folder_sync_error_raised(self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        real_fsync = os.fsync
+
+        def folder_fsync_fails(descriptor):
+            if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+                raise OSError(errno.EIO, "Input/output error")
+            return real_fsync(descriptor)
+
+        monkeypatch.setattr(os, "fsync", folder_fsync_fails)
+        requests_mock.get(file_url, content=BODY)
+
+        with pytest.raises(OSError, match="Input/output error"):
+            hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
