@@ -79,6 +79,9 @@ class SepaExportApiError(SepaExportError):
             parts.append(f"for {resource_id}")
         message = " ".join(parts) + f" after {attempts} attempt{'s' if attempts != 1 else ''}: {detail}"
         if hint:
+            # The hint is a sentence of its own, so the detail before it needs its full stop.
+            if not message.endswith((".", "!", "?")):
+                message += "."
             message += f" {hint}"
         super().__init__(message)
 

@@ -29,7 +29,12 @@ class TestSepaExportApiError:
     def test_api_error_message_parts(self):
         error = SepaExportApiError(ENDPOINT, 404, "not here", attempts=3, resource_id="site main", hint="Check it.")
 
-        assert str(error) == f"{ENDPOINT} failed with HTTP 404 for site main after 3 attempts: not here Check it."
+        assert str(error) == f"{ENDPOINT} failed with HTTP 404 for site main after 3 attempts: not here. Check it."
+
+    def test_api_error_detail_with_full_stop(self):
+        error = SepaExportApiError(ENDPOINT, 400, "Invalid site code.", hint="Check it.")
+
+        assert str(error) == f"{ENDPOINT} failed with HTTP 400 after 1 attempt: Invalid site code. Check it."
 
     def test_api_error_single_attempt_no_response(self):
         error = SepaExportApiError(ENDPOINT, None, "read timed out")
