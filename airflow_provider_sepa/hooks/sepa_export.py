@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import tempfile
@@ -200,6 +201,7 @@ class SepaExportHook(BaseHook):
         resource_id: str | None = None,
         authenticated: bool = True,
         stream: bool = False,
+        headers: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> requests.Response:
         """Send a request under the shared retry rules and return the 2xx response."""
@@ -211,10 +213,18 @@ class SepaExportHook(BaseHook):
         while True:
             attempts.start_attempt()
             token = self.get_token() if authenticated else None
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            request_headers = dict(headers or {})
+            if token:
+                request_headers["Authorization"] = f"Bearer {token}"
             try:
                 response = self.session.request(
-                    method, url, headers=headers, timeout=self.timeout, stream=stream, allow_redirects=False, **kwargs
+                    method,
+                    url,
+                    headers=request_headers,
+                    timeout=self.timeout,
+                    stream=stream,
+                    allow_redirects=False,
+                    **kwargs,
                 )
             except requests.exceptions.ConnectTimeout as error:
                 decision = attempts.after_transport_failure(TransportFailure.CONNECT, type(error).__name__)
@@ -382,15 +392,27 @@ class SepaExportHook(BaseHook):
         """Download into a temporary file, restarting from byte 0 after a broken body."""
         import requests
 
+        from airflow_provider_sepa.core.content_encoding import ACCEPT_ENCODING
+
         attempts = RequestAttempts(
             self.retry_policy, endpoints.DOWNLOAD_ENDPOINT, idempotent=True, resource_id=f"file {file_id}"
         )
         while True:
             response = self._send(
-                "GET", url, endpoints.DOWNLOAD_ENDPOINT, idempotent=True, resource_id=f"file {file_id}", stream=True
+                "GET",
+                url,
+                endpoints.DOWNLOAD_ENDPOINT,
+                idempotent=True,
+                resource_id=f"file {file_id}",
+                stream=True,
+                headers={"Accept-Encoding": ACCEPT_ENCODING},
             )
             attempts.start_attempt()
-            handle, staged = tempfile.mkstemp(prefix=".sepa-", suffix=".part", dir=staging_dir)
+            try:
+                handle, staged = tempfile.mkstemp(prefix=".sepa-", suffix=".part", dir=staging_dir)
+            except OSError as error:
+                response.close()
+                raise _staging_error(error, staging_dir, file_id) from error
             try:
                 # Leaving the block stops the writer thread before the file is closed.
                 with (
@@ -410,6 +432,10 @@ class SepaExportHook(BaseHook):
             except requests.exceptions.Timeout as error:
                 os.unlink(staged)
                 decision = attempts.after_transport_failure(TransportFailure.READ_TIMEOUT, type(error).__name__)
+            except OSError as error:
+                # The requests exceptions above are OSErrors too; what is left is the disk.
+                os.unlink(staged)
+                raise _staging_error(error, staging_dir, file_id) from error
             except BaseException:
                 os.unlink(staged)
                 raise
@@ -446,6 +472,18 @@ class SepaExportHook(BaseHook):
         return True, f"Fetched a token and listed jobs of tenant {self.settings.tenant!r}."
 
 
+def _staging_error(error: OSError, staging_dir: str | None, file_id: str) -> SepaExportDownloadError:
+    """Return the error for a staged file that could not be created or written, naming its folder."""
+    folder = staging_dir or tempfile.gettempdir()
+    return SepaExportDownloadError(
+        endpoints.DOWNLOAD_ENDPOINT,
+        200,
+        f"writing the download to a staged file in {folder} failed: {error.strerror or error}",
+        resource_id=f"file {file_id}",
+        hint="No file was written. Free disk space or fix the folder's permissions, then retry the task.",
+    )
+
+
 def _classify_connection_error(error: Exception) -> TransportFailure:
     """Tell a refused connection (request never sent) from one dropped after sending."""
     import urllib3.exceptions
@@ -473,59 +511,85 @@ def _buffered_error_body(response: _BufferedResponse, limit: int = 4096) -> str:
     return response.content[:limit].decode("utf-8", errors="replace")
 
 
-def _wire_bytes_read(response: requests.Response, decoded_size: int) -> int:
-    """Return how many body bytes came over the wire, before any content decoding."""
-    tell = getattr(response.raw, "tell", None)
-    if callable(tell):
-        return int(tell())
-    return decoded_size
-
-
 def _copy_body(response: requests.Response, writer: StagedFileWriter) -> tuple[str, int]:
-    """Write the body through ``writer`` and return its SHA-256 and the bytes read off the wire.
+    """Write the decoded body through ``writer`` and return its SHA-256 and the bytes read off the wire.
 
-    The wire count differs from the size when the server compressed the body
-    (Content-Encoding: gzip), and Content-Length counts the wire bytes.
+    The wire count differs from the size when the server compressed the body, and
+    Content-Length counts the wire bytes. A compressed body is decoded here, not by
+    urllib3, so that a body that ends inside its compressed stream is an error.
+
+    :raises SepaExportDownloadError: for a Content-Encoding other than gzip or deflate.
+    :raises requests.exceptions.ChunkedEncodingError: for a compressed body that is
+        invalid or incomplete, so that the download starts again.
     """
-    digest = hashlib.sha256()
-    plain = _plain_body(response)
-    if plain is None:
-        for chunk in response.iter_content(DOWNLOAD_CHUNK_SIZE):
-            digest.update(chunk)
-            writer.write(chunk)
-        return digest.hexdigest(), _wire_bytes_read(response, writer.size)
+    from airflow_provider_sepa.core.content_encoding import UnsupportedEncodingError, parse_content_encoding
 
+    try:
+        encoding = parse_content_encoding(response.headers.get("Content-Encoding"))
+    except UnsupportedEncodingError as error:
+        raise SepaExportDownloadError(
+            endpoints.DOWNLOAD_ENDPOINT, response.status_code, str(error), hint="No file was written."
+        ) from error
+    read_into = _body_reader(response)
+    if encoding is not None:
+        return _copy_encoded_body(read_into, encoding, writer)
+
+    # Without an encoding the body goes straight into the writer's blocks.
+    digest = hashlib.sha256()
     while True:
         space = writer.space()
-        count = _read_into(plain, space)
+        count = read_into(space)
         if not count:
             return digest.hexdigest(), writer.size
         digest.update(space[:count])
         writer.commit(count)
 
 
-def _plain_body(response: requests.Response) -> IO[bytes] | None:
-    """Return the body stream below urllib3 when the body is not compressed, else ``None``.
+def _copy_encoded_body(
+    read_into: Callable[[memoryview], int], encoding: str, writer: StagedFileWriter
+) -> tuple[str, int]:
+    import requests
 
-    Reading it with ``readinto`` straight into the writer's blocks skips urllib3's decoding
-    layer, a new bytes object per chunk and a copy: about 0.2 s of a 1 GiB download in the
-    profile in docs/benchmarks.md.
+    from airflow_provider_sepa.core.content_encoding import BodyDecoder, BodyDecodingError
 
-    NOTE: the stream is urllib3's private ``_fp``, the ``http.client`` response, checked
-    with urllib3 2.8. A urllib3 without it makes the download use ``iter_content``.
+    digest = hashlib.sha256()
+    decoder = BodyDecoder(encoding)
+    buffer = memoryview(bytearray(DOWNLOAD_CHUNK_SIZE))
+    received = 0
+    try:
+        while count := read_into(buffer):
+            received += count
+            for piece in decoder.decode(buffer[:count]):
+                digest.update(piece)
+                writer.write(piece)
+        decoder.finish()
+    except BodyDecodingError as error:
+        raise requests.exceptions.ChunkedEncodingError(str(error)) from error
+    return digest.hexdigest(), received
+
+
+def _body_reader(response: requests.Response) -> Callable[[memoryview], int]:
+    """Return a function that reads the next part of the body, as sent, into a buffer and returns its length.
+
+    It reads with ``readinto`` from the stream below urllib3, which skips urllib3's
+    decoding layer, a new bytes object per chunk and a copy: about 0.2 s of a 1 GiB
+    download in the profile in docs/benchmarks.md.
+
+    NOTE: that stream is urllib3's private ``_fp``, the ``http.client`` response, checked
+    with urllib3 2.8. Without it, the body is read with urllib3's public ``read``.
     """
-    encoding = response.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in ("", "identity"):
-        return None
     body = getattr(response.raw, "_fp", None)
-    return body if callable(getattr(body, "readinto", None)) else None
+    if body is not None and callable(getattr(body, "readinto", None)):
+        return functools.partial(_read_into, body)
+    return functools.partial(_read_raw_into, response.raw)
 
 
 def _read_into(body: IO[bytes], buffer: memoryview) -> int:
     """Read the next part of the body into ``buffer`` and return its length, 0 at the end.
 
-    Errors become the exceptions ``iter_content`` raises for the same faults, so the
-    download's retry rules see no difference.
+    Errors become requests exceptions, so that the download's retry rules apply: an early
+    end or a reset becomes ChunkedEncodingError or ConnectionError, a read timeout
+    ReadTimeout.
     """
     import http.client
 
@@ -542,6 +606,25 @@ def _read_into(body: IO[bytes], buffer: memoryview) -> int:
         raise requests.exceptions.ReadTimeout(f"reading the body timed out: {error}") from error
     except OSError as error:
         raise requests.exceptions.ConnectionError(f"reading the body failed: {error}") from error
+
+
+def _read_raw_into(raw: Any, buffer: memoryview) -> int:
+    """Read the next part of the body through urllib3's ``read``, undecoded, with the errors of :func:`_read_into`."""
+    import requests
+    import urllib3.exceptions
+
+    try:
+        data = raw.read(len(buffer), decode_content=False)
+    except urllib3.exceptions.ReadTimeoutError as error:
+        raise requests.exceptions.ReadTimeout(f"reading the body timed out: {error}") from error
+    except urllib3.exceptions.ProtocolError as error:
+        raise requests.exceptions.ChunkedEncodingError(
+            f"the connection closed before the whole body arrived: {error!r}"
+        ) from error
+    except OSError as error:
+        raise requests.exceptions.ConnectionError(f"reading the body failed: {error}") from error
+    buffer[: len(data)] = data
+    return len(data)
 
 
 def _as_storage_path(destination: Any, file_id: str) -> Any:

@@ -10,6 +10,7 @@ import os
 import stat
 import threading
 import uuid
+import zlib
 from pathlib import Path
 
 import fsspec
@@ -224,9 +225,14 @@ class TestSepaExportHookDownload:
         monkeypatch.setattr(sepa_export, "_copy_body", copy_half_then_fail)
         requests_mock.get(file_url, content=BODY)
 
-        with pytest.raises(OSError, match="No space left"):
+        with pytest.raises(SepaExportDownloadError) as caught:
             hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
 
+        message = str(caught.value)
+        assert f"staged file in {tmp_path} failed: No space left on device." in message
+        assert f"file {FILE_ID}" in message
+        assert "No file was written. Free disk space" in message
+        assert isinstance(caught.value.__cause__, OSError)
         assert files_in(tmp_path) == []
 
     def test_disk_full_no_partial_file(self, hook, requests_mock, token_endpoint, file_url, tmp_path, monkeypatch):
@@ -240,7 +246,7 @@ class TestSepaExportHookDownload:
         monkeypatch.setattr(os, "write", staged_file_full)
         requests_mock.get(file_url, content=os.urandom(3 * staging.BLOCK_SIZE))
 
-        with pytest.raises(OSError, match="No space left"):
+        with pytest.raises(SepaExportDownloadError, match="No space left on device"):
             hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
 
         assert files_in(tmp_path) == []
@@ -455,3 +461,132 @@ class TestPublishDurability:
 
         with pytest.raises(OSError, match="Input/output error"):
             hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+
+
+class TestDownloadEncodings:
+    """Compressed bodies are decoded by the hook, which checks that the compressed stream is complete."""
+
+    def test_accept_encoding_sent(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        requests_mock.get(file_url, content=BODY)
+
+        hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+
+        assert requests_mock.last_request.headers["Accept-Encoding"] == "gzip, deflate"
+        assert requests_mock.last_request.headers["Authorization"].startswith("Bearer ")
+
+    @pytest.mark.parametrize(
+        ("encoding", "compress"),
+        [
+            ("gzip", gzip.compress),
+            ("x-gzip", gzip.compress),
+            ("GZIP", gzip.compress),
+            ("deflate", zlib.compress),
+            ("deflate", lambda data: zlib.compress(data)[2:-4]),  # raw deflate, without the zlib wrapper
+            ("identity", lambda data: data),
+        ],
+        ids=["gzip", "x-gzip", "uppercase", "deflate-zlib", "deflate-raw", "identity"],
+    )
+    def test_encoded_body_decoded(self, encoding, compress, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        body = BODY * 5000
+        wire = compress(body)
+        requests_mock.get(
+            file_url, content=wire, headers={"Content-Encoding": encoding, "Content-Length": str(len(wire))}
+        )
+        destination = tmp_path / "main.xml"
+
+        record = hook.download_file(FILE_ID, str(destination))
+
+        assert destination.read_bytes() == body
+        assert record.size_bytes == len(body)
+        assert record.sha256 == hashlib.sha256(body).hexdigest()
+
+    def test_gzip_members_joined(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        wire = gzip.compress(BODY) + gzip.compress(BODY[::-1])
+        requests_mock.get(file_url, content=wire, headers={"Content-Encoding": "gzip"})
+        destination = tmp_path / "main.xml"
+
+        hook.download_file(FILE_ID, str(destination))
+
+        assert destination.read_bytes() == BODY + BODY[::-1]
+
+    def test_empty_gzip_body_empty_file(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        requests_mock.get(file_url, content=b"", headers={"Content-Encoding": "gzip", "Content-Length": "0"})
+        destination = tmp_path / "main.xml"
+
+        record = hook.download_file(FILE_ID, str(destination))
+
+        assert destination.read_bytes() == b""
+        assert record.size_bytes == 0
+
+    @pytest.mark.parametrize(
+        ("encoding", "wire", "reason"),
+        [
+            ("gzip", gzip.compress(BODY * 5000)[:-300], "ended before the end of its compressed stream"),
+            ("deflate", zlib.compress(BODY * 5000)[:-300], "ended before the end of its compressed stream"),
+            ("gzip", b"not gzip at all", "gzip body is invalid"),
+            ("gzip", gzip.compress(BODY) + b"trailing bytes", "gzip body is invalid"),
+            ("deflate", zlib.compress(BODY) + b"trailing", "data after the end of its compressed stream"),
+        ],
+        ids=["gzip-cut", "deflate-cut", "gzip-invalid", "gzip-trailing", "deflate-trailing"],
+    )
+    def test_broken_encoded_body_rejected(
+        self, encoding, wire, reason, hook, requests_mock, token_endpoint, file_url, tmp_path, sleeps
+    ):
+        # The HTTP framing is complete: Content-Length matches the bytes sent.
+        requests_mock.get(
+            file_url, content=wire, headers={"Content-Encoding": encoding, "Content-Length": str(len(wire))}
+        )
+
+        with pytest.raises(SepaExportDownloadError, match=reason):
+            hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+
+        assert files_in(tmp_path) == []
+        # A broken body is downloaded again from the first byte, as after a dropped connection.
+        assert requests_mock.call_count == 4
+
+    @pytest.mark.parametrize("encoding", ["br", "zstd", "compress", "gzip, gzip", "gzip, br"])
+    def test_unknown_encoding_rejected(self, encoding, hook, requests_mock, token_endpoint, file_url, tmp_path, sleeps):
+        requests_mock.get(file_url, content=b"\x00" * 100, headers={"Content-Encoding": encoding})
+
+        with pytest.raises(SepaExportDownloadError) as caught:
+            hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+
+        message = str(caught.value)
+        assert f"Content-Encoding {encoding!r}" in message
+        assert "No file was written." in message
+        assert files_in(tmp_path) == []
+        assert requests_mock.call_count == 2
+        assert sleeps == []
+
+    @pytest.mark.parametrize("encoding", ["gzip", ""])
+    def test_body_read_without_readinto(
+        self, monkeypatch, encoding, hook, requests_mock, token_endpoint, file_url, tmp_path
+    ):
+        """Without ``readinto`` on urllib3's private stream, the body is read through urllib3's public ``read``."""
+        body = os.urandom(3 * staging.BLOCK_SIZE // 2)
+        wire = gzip.compress(body) if encoding else body
+        monkeypatch.setattr(sepa_export, "_read_into", None)  # fails the test if the private path is taken
+        real_reader = sepa_export._body_reader
+
+        class StreamWithoutReadinto:
+            """The stream below urllib3, as a urllib3 version would have it that offers no ``readinto``."""
+
+            def __init__(self, stream):
+                self._stream = stream
+
+            def __getattr__(self, name):
+                if name == "readinto":
+                    raise AttributeError(name)
+                return getattr(self._stream, name)
+
+        def reader_without_fp(response):
+            response.raw._fp = StreamWithoutReadinto(response.raw._fp)
+            return real_reader(response)
+
+        monkeypatch.setattr(sepa_export, "_body_reader", reader_without_fp)
+        requests_mock.get(file_url, content=wire, headers={"Content-Encoding": encoding})
+        destination = tmp_path / "main.xml"
+
+        hook.download_file(FILE_ID, str(destination))
+
+        assert destination.read_bytes() == body
