@@ -61,7 +61,7 @@ class BodyDecoder:
         self._decompressor: zlib._Decompress | None = None
         # True while the last step filled its output chunk, so zlib may hold more output.
         self._output_may_remain = False
-        # The first byte of a deflate body, kept until the second one tells a zlib header apart.
+        # The first byte of a deflate body, kept until the second arrives, because the zlib header check needs both.
         self._first_byte = b""
 
     def decode(self, data: bytes | memoryview) -> Iterator[bytes]:
