@@ -11,8 +11,8 @@ the emulator and the loopback deliver when no disk is involved.
   has written back the dirty pages of earlier steps. For curl that is its
   ``time_total``; for the hook it is the ``download_file`` call, measured in the child
   after imports and after the token was fetched. The hook's time includes what curl
-  does not do: the SHA-256 of the body, an fsync and the hard link that publishes the
-  file.
+  does not do: the SHA-256 of the body, an fsync of the file, the hard link that
+  publishes it and an fsync of its folder.
 - RSS growth: the child resets its peak RSS (``/proc/self/clear_refs``) right before the
   download and reports VmHWM after it minus VmRSS before it. The "peak RSS" column is
   that VmHWM, imports included. For curl it is VmHWM sampled from
