@@ -60,11 +60,6 @@ class StagedFileWriter:
         if blocks < 2:
             raise ValueError(f"Invalid block count {blocks}: the reader and the writer need at least 2 blocks.")
         self._fd = fd
-        # The writer thread writes through its own duplicate of the descriptor and closes it
-        # when it ends. Should the thread outlive the reader, because an exception interrupted
-        # the wait for it, its last write still lands in this file, and never in a file that
-        # reuses the caller's descriptor number after the caller closed it.
-        self._writer_fd = os.dup(fd)
         self._block_size = block_size
         self.direct = direct and _set_direct_io(fd, True)
         #: Bytes accepted from the reader so far.
@@ -85,8 +80,21 @@ class StagedFileWriter:
         self._finished = False
         self._abandoned = False
         self._end_sent = False
+        # Set by the writer thread as it ends. Python 3.11.7's Thread.join(), when an exception
+        # interrupts it, can mark the thread as ended while it still runs, and a later join()
+        # then returns at once; waiting for this event has no such state.
+        self._writer_done = threading.Event()
         self._thread = threading.Thread(target=self._write_blocks, name="sepa-staged-file-writer", daemon=True)
-        self._thread.start()
+        # The writer thread writes through its own duplicate of the descriptor and closes it
+        # when it ends. Should the thread outlive the reader, because an exception interrupted
+        # the wait for it, its last write still lands in this file, and never in a file that
+        # reuses the caller's descriptor number after the caller closed it.
+        self._writer_fd = os.dup(fd)
+        try:
+            self._thread.start()
+        except BaseException:
+            os.close(self._writer_fd)
+            raise
 
     def __enter__(self) -> StagedFileWriter:
         return self
@@ -156,6 +164,7 @@ class StagedFileWriter:
         if not self._end_sent:
             self._full.put(None)
             self._end_sent = True
+        self._writer_done.wait()
         self._thread.join()
 
     # -- writer thread -----------------------------------------------------------------
@@ -174,6 +183,7 @@ class StagedFileWriter:
                     self._free.put(block)
         finally:
             os.close(self._writer_fd)
+            self._writer_done.set()
 
     def _write_block(self, data: memoryview) -> None:
         if self.direct and len(data) < self._block_size:

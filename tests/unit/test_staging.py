@@ -35,8 +35,8 @@ def same_file(descriptor: int, other: int) -> bool:
 
 
 def writer_threads() -> list[threading.Thread]:
-    """Return the running writer threads."""
-    # is_alive(), because after an interrupted join() Python 3.11 can list an ended thread.
+    """Return the writer threads that have not ended."""
+    # is_alive(), because after an interrupted join() Python 3.11 can still list an ended thread.
     return [thread for thread in threading.enumerate() if thread.name == THREAD_NAME and thread.is_alive()]
 
 
@@ -340,24 +340,27 @@ class Interrupted(Exception):
 class TestStagedFileWriterInterruption:
     def test_interrupted_finish_stops_writing(self, monkeypatch, staged, tmp_path):
         fd, path = staged
+        release = threading.Event()
         real_write = os.write
         writes_to_staged = []
 
-        def slow_write(descriptor, data):
+        def held_write(descriptor, data):
+            # The writer thread holds its first block until the alarm, so the alarm always
+            # comes while the reader waits in finish().
             if same_file(descriptor, fd):
+                release.wait(5)
                 writes_to_staged.append(len(data))
-                time.sleep(0.3)
             return real_write(descriptor, data)
 
         def interrupt(signum, frame):
+            release.set()
             raise Interrupted
 
-        monkeypatch.setattr(os, "write", slow_write)
+        monkeypatch.setattr(os, "write", held_write)
         previous = signal.signal(signal.SIGALRM, interrupt)
         try:
             with pytest.raises(Interrupted), StagedFileWriter(fd, direct=False, block_size=BLOCK, blocks=4) as writer:
                 writer.write(b"f" * (2 * BLOCK + 10))
-                # The writer needs about 0.9 s for three writes, so the alarm hits finish() while it waits.
                 signal.setitimer(signal.ITIMER_REAL, 0.2)
                 writer.finish()
         finally:
@@ -365,12 +368,25 @@ class TestStagedFileWriterInterruption:
             signal.signal(signal.SIGALRM, previous)
 
         assert writer_threads() == []
-        writes_at_exit = len(writes_to_staged)
-        time.sleep(0.5)
-        assert len(writes_to_staged) == writes_at_exit
         # The block being written when the alarm came is completed; the rest is dropped.
-        assert writes_at_exit == 1
+        assert writes_to_staged == [BLOCK]
+        time.sleep(0.3)
+        assert writes_to_staged == [BLOCK]
         assert path.stat().st_size == BLOCK
+
+    def test_failed_start_closes_duplicate(self, monkeypatch, staged):
+        fd, _ = staged
+
+        def no_thread(self):
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(threading.Thread, "start", no_thread)
+        before = sorted(os.listdir("/proc/self/fd"))
+
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            StagedFileWriter(fd, block_size=BLOCK, blocks=2)
+
+        assert sorted(os.listdir("/proc/self/fd")) == before
 
     def test_late_write_misses_reused_descriptor(self, monkeypatch, tmp_path):
         """A writer thread that outlives its reader writes to its own descriptor, not to a reused number."""
