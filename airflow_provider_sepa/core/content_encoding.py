@@ -63,6 +63,8 @@ class BodyDecoder:
         self._output_may_remain = False
         # The first byte of a deflate body, kept until the second arrives, because the zlib header check needs both.
         self._first_byte = b""
+        # True once zero bytes followed the end of a gzip member, which gzip(1) also accepts.
+        self._in_padding = False
 
     def decode(self, data: bytes | memoryview) -> Iterator[bytes]:
         """Yield the decoded bytes of the next part of the body, at most OUTPUT_CHUNK_SIZE at a time.
@@ -78,6 +80,8 @@ class BodyDecoder:
                 return
             self._first_byte = b""
         while pending or self._output_may_remain:
+            if self._skip_padding(pending):
+                return
             decompressor = self._decompressor_for(pending)
             try:
                 piece = decompressor.decompress(pending, OUTPUT_CHUNK_SIZE)
@@ -97,6 +101,18 @@ class BodyDecoder:
         """
         if self._first_byte or (self._decompressor is not None and not self._decompressor.eof):
             raise BodyDecodingError(f"the {self._encoding} body ended before the end of its compressed stream")
+
+    def _skip_padding(self, data: bytes | memoryview) -> bool:
+        """Return whether ``data`` is zero padding after the last gzip member."""
+        current = self._decompressor
+        if self._encoding != "gzip" or current is None or not current.eof:
+            return False
+        if not self._in_padding and bytes(data[:1]) != b"\x00":
+            return False  # the next gzip member
+        if bytes(data).strip(b"\x00"):
+            raise BodyDecodingError("the gzip body has data after the zero bytes that follow its last member")
+        self._in_padding = True
+        return True
 
     def _decompressor_for(self, data: bytes | memoryview) -> zlib._Decompress:
         current = self._decompressor

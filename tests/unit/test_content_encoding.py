@@ -130,3 +130,19 @@ class TestBodyDecoder:
         assert list(decoder.decode(b"x")) == []
         with pytest.raises(BodyDecodingError, match="ended before the end"):
             decoder.finish()
+
+    def test_gzip_zero_padding_skipped(self):
+        wire = gzip.compress(DATA) + bytes(1000)
+
+        assert decode_all(BodyDecoder("gzip"), wire, 300) == DATA
+
+    def test_gzip_data_after_padding_raised(self):
+        wire = gzip.compress(DATA) + bytes(10) + b"x"
+
+        with pytest.raises(BodyDecodingError, match="data after the zero bytes"):
+            decode_all(BodyDecoder("gzip"), wire, 5)
+
+    def test_gzip_member_after_member_not_padding(self):
+        wire = gzip.compress(b"a") + gzip.compress(b"b") + bytes(3)
+
+        assert decode_all(BodyDecoder("gzip"), wire, 1) == b"ab"
