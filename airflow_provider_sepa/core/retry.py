@@ -103,6 +103,8 @@ class TransportFailure(enum.Enum):
     READ_TIMEOUT = "read timed out"
     #: The connection closed after the request was sent.
     DISCONNECTED = "connection closed before the response was complete"
+    #: The response arrived, but its body is not valid for its Content-Encoding.
+    INVALID_BODY = "the response body is invalid"
 
 
 class Action(enum.Enum):

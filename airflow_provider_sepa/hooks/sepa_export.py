@@ -363,8 +363,9 @@ class SepaExportHook(BaseHook):
         whole body has arrived; after a failure nothing is left there. An existing file with
         different content is never overwritten.
 
-        :raises SepaExportDownloadError: when the body stays incomplete after the retries, or
-            when the destination already contains a different file.
+        :raises SepaExportDownloadError: when the body stays incomplete after the retries, a
+            compressed body is invalid twice or has an encoding other than gzip or deflate,
+            the disk fails, or the destination already contains a different file.
         """
         file_id = endpoints.validate_file_id(file_id)
         url = self.settings.file_url(file_id)
@@ -378,7 +379,7 @@ class SepaExportHook(BaseHook):
         staged, size, digest = self._download_to_temp(url, file_id, staging_dir)
         try:
             if local_path:
-                final = _publish_local(staged, local_path, digest, file_id)
+                final = _publish_local(staged, local_path, digest, file_id, self.log)
             else:
                 final = _publish_storage(staged, target, digest, file_id)
         finally:
@@ -389,62 +390,59 @@ class SepaExportHook(BaseHook):
         return DownloadedFile(path=final, size_bytes=size, sha256=digest, file_id=file_id)
 
     def _download_to_temp(self, url: str, file_id: str, staging_dir: str | None) -> tuple[str, int, str]:
-        """Download into a temporary file, restarting from byte 0 after a broken body."""
+        """Download into a temporary file, restarting from byte 0 after a broken body.
+
+        A compressed body that is invalid gets one more download, because a proxy may have
+        damaged it, and fails the second time without using up the retries.
+        """
         import requests
 
-        from airflow_provider_sepa.core.content_encoding import ACCEPT_ENCODING
+        from airflow_provider_sepa.core.content_encoding import ACCEPT_ENCODING, BodyDecodingError
 
+        resource_id = f"file {file_id}"
         attempts = RequestAttempts(
-            self.retry_policy, endpoints.DOWNLOAD_ENDPOINT, idempotent=True, resource_id=f"file {file_id}"
+            self.retry_policy, endpoints.DOWNLOAD_ENDPOINT, idempotent=True, resource_id=resource_id
         )
+        invalid_bodies = 0
         while True:
             response = self._send(
                 "GET",
                 url,
                 endpoints.DOWNLOAD_ENDPOINT,
                 idempotent=True,
-                resource_id=f"file {file_id}",
+                resource_id=resource_id,
                 stream=True,
                 headers={"Accept-Encoding": ACCEPT_ENCODING},
             )
             attempts.start_attempt()
             try:
-                handle, staged = tempfile.mkstemp(prefix=".sepa-", suffix=".part", dir=staging_dir)
-            except OSError as error:
-                response.close()
-                raise _staging_error(error, staging_dir, file_id) from error
-            try:
-                # Leaving the block stops the writer thread before the file is closed.
-                with (
-                    response,
-                    os.fdopen(handle, "wb", buffering=0) as staged_file,
-                    StagedFileWriter(staged_file.fileno()) as writer,
-                ):
-                    digest, received = _copy_body(response, writer)
-                    expected = response.headers.get("Content-Length")
-                    if expected is not None and expected.isdigit() and int(expected) != received:
-                        raise requests.exceptions.ChunkedEncodingError(f"got {received} of {expected} bytes")
-                    writer.finish()
-                return staged, writer.size, digest
+                return _stage_body(response, staging_dir, file_id)
+            except BodyDecodingError as error:
+                invalid_bodies += 1
+                if invalid_bodies > 1:
+                    raise SepaExportDownloadError(
+                        endpoints.DOWNLOAD_ENDPOINT,
+                        200,
+                        str(error),
+                        attempts=attempts.attempts,
+                        resource_id=resource_id,
+                        hint="The body was invalid on two downloads, so a further one would not help. "
+                        "No file was written.",
+                    ) from error
+                failure, reason = TransportFailure.INVALID_BODY, str(error)
             except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as error:
-                os.unlink(staged)
-                decision = attempts.after_transport_failure(TransportFailure.DISCONNECTED, str(error))
+                failure, reason = TransportFailure.DISCONNECTED, str(error)
             except requests.exceptions.Timeout as error:
-                os.unlink(staged)
-                decision = attempts.after_transport_failure(TransportFailure.READ_TIMEOUT, type(error).__name__)
-            except OSError as error:
-                # The requests exceptions above are OSErrors too; what is left is the disk.
-                os.unlink(staged)
-                raise _staging_error(error, staging_dir, file_id) from error
-            except BaseException:
-                os.unlink(staged)
-                raise
+                failure, reason = TransportFailure.READ_TIMEOUT, type(error).__name__
 
+            decision = attempts.after_transport_failure(failure, reason)
             if decision.action is Action.RETRY:
                 self.log.warning(
-                    "Download of file %s broke off on attempt %d; restarting from the first byte in %.1f s.",
+                    "Download of file %s failed on attempt %d: %s (%s). Restarting from the first byte in %.1f s.",
                     file_id,
                     attempts.attempts,
+                    failure.value,
+                    reason,
                     decision.delay,
                 )
                 self._sleep(decision.delay)
@@ -452,10 +450,10 @@ class SepaExportHook(BaseHook):
             assert decision.error is not None
             raise SepaExportDownloadError(
                 endpoints.DOWNLOAD_ENDPOINT,
-                None,
+                200 if failure is TransportFailure.INVALID_BODY else None,
                 decision.error.detail,
                 attempts=attempts.attempts,
-                resource_id=f"file {file_id}",
+                resource_id=resource_id,
                 hint="No file was written; the task can be retried.",
             )
 
@@ -470,6 +468,55 @@ class SepaExportHook(BaseHook):
         except SepaExportError as error:
             return False, str(error)
         return True, f"Fetched a token and listed jobs of tenant {self.settings.tenant!r}."
+
+
+def _stage_body(response: requests.Response, staging_dir: str | None, file_id: str) -> tuple[str, int, str]:
+    """Write one response's body into a new staged file and return its path, size and SHA-256.
+
+    The staged file is removed again after any error.
+
+    :raises requests.exceptions.RequestException: when the body breaks off or times out.
+    :raises BodyDecodingError: when a compressed body is invalid or incomplete.
+    :raises SepaExportDownloadError: for a disk error or a Content-Encoding the hook cannot decode.
+    """
+    import requests
+
+    from airflow_provider_sepa.core.content_encoding import UnsupportedEncodingError
+
+    try:
+        handle, staged = tempfile.mkstemp(prefix=".sepa-", suffix=".part", dir=staging_dir)
+    except OSError as error:
+        response.close()
+        raise _staging_error(error, staging_dir, file_id) from error
+    try:
+        # Leaving the block stops the writer thread before the file is closed.
+        with (
+            response,
+            os.fdopen(handle, "wb", buffering=0) as staged_file,
+            StagedFileWriter(staged_file.fileno()) as writer,
+        ):
+            digest, received = _copy_body(response, writer)
+            expected = response.headers.get("Content-Length", "")
+            # isascii(): str.isdigit() also accepts digits such as '²' that int() rejects.
+            if expected.isascii() and expected.isdigit() and int(expected) != received:
+                raise requests.exceptions.ChunkedEncodingError(f"got {received} of {expected} bytes")
+            writer.finish()
+        return staged, writer.size, digest
+    except UnsupportedEncodingError as error:
+        os.unlink(staged)
+        raise SepaExportDownloadError(
+            endpoints.DOWNLOAD_ENDPOINT, 200, str(error), resource_id=f"file {file_id}", hint="No file was written."
+        ) from error
+    except requests.exceptions.RequestException:
+        # Also OSErrors, but of the network, not of the disk.
+        os.unlink(staged)
+        raise
+    except OSError as error:
+        os.unlink(staged)
+        raise _staging_error(error, staging_dir, file_id) from error
+    except BaseException:
+        os.unlink(staged)
+        raise
 
 
 def _staging_error(error: OSError, staging_dir: str | None, file_id: str) -> SepaExportDownloadError:
@@ -518,18 +565,12 @@ def _copy_body(response: requests.Response, writer: StagedFileWriter) -> tuple[s
     Content-Length counts the wire bytes. A compressed body is decoded here, not by
     urllib3, so that a body that ends inside its compressed stream is an error.
 
-    :raises SepaExportDownloadError: for a Content-Encoding other than gzip or deflate.
-    :raises requests.exceptions.ChunkedEncodingError: for a compressed body that is
-        invalid or incomplete, so that the download starts again.
+    :raises UnsupportedEncodingError: for a Content-Encoding other than gzip or deflate.
+    :raises BodyDecodingError: for a compressed body that is invalid or incomplete.
     """
-    from airflow_provider_sepa.core.content_encoding import UnsupportedEncodingError, parse_content_encoding
+    from airflow_provider_sepa.core.content_encoding import parse_content_encoding
 
-    try:
-        encoding = parse_content_encoding(response.headers.get("Content-Encoding"))
-    except UnsupportedEncodingError as error:
-        raise SepaExportDownloadError(
-            endpoints.DOWNLOAD_ENDPOINT, response.status_code, str(error), hint="No file was written."
-        ) from error
+    encoding = parse_content_encoding(response.headers.get("Content-Encoding"))
     read_into = _body_reader(response)
     if encoding is not None:
         return _copy_encoded_body(read_into, encoding, writer)
@@ -548,23 +589,18 @@ def _copy_body(response: requests.Response, writer: StagedFileWriter) -> tuple[s
 def _copy_encoded_body(
     read_into: Callable[[memoryview], int], encoding: str, writer: StagedFileWriter
 ) -> tuple[str, int]:
-    import requests
-
-    from airflow_provider_sepa.core.content_encoding import BodyDecoder, BodyDecodingError
+    from airflow_provider_sepa.core.content_encoding import BodyDecoder
 
     digest = hashlib.sha256()
     decoder = BodyDecoder(encoding)
     buffer = memoryview(bytearray(DOWNLOAD_CHUNK_SIZE))
     received = 0
-    try:
-        while count := read_into(buffer):
-            received += count
-            for piece in decoder.decode(buffer[:count]):
-                digest.update(piece)
-                writer.write(piece)
-        decoder.finish()
-    except BodyDecodingError as error:
-        raise requests.exceptions.ChunkedEncodingError(str(error)) from error
+    while count := read_into(buffer):
+        received += count
+        for piece in decoder.decode(buffer[:count]):
+            digest.update(piece)
+            writer.write(piece)
+    decoder.finish()
     return digest.hexdigest(), received
 
 
@@ -667,7 +703,7 @@ def _sha256_of_stream(stream: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
-def _publish_local(staged: str, destination: str, digest: str, file_id: str) -> str:
+def _publish_local(staged: str, destination: str, digest: str, file_id: str, log: Any) -> str:
     """Move a complete download into place atomically; keep an identical existing file."""
     if os.path.isdir(destination):
         raise SepaExportDownloadError(
@@ -691,7 +727,7 @@ def _publish_local(staged: str, destination: str, digest: str, file_id: str) -> 
             os.replace(staged, destination)
             published = True
     if published:
-        _fsync_folder(os.path.dirname(destination))
+        _sync_published(destination, file_id, log)
         return destination
 
     if _sha256_of(destination) == digest:
@@ -705,20 +741,50 @@ def _publish_local(staged: str, destination: str, digest: str, file_id: str) -> 
     )
 
 
-def _fsync_folder(folder: str) -> None:
+def _sync_published(destination: str, file_id: str, log: Any) -> None:
+    """Sync the folder of a file just published; remove the file again when the sync fails."""
+    folder = os.path.dirname(destination) or "."
+    try:
+        skipped = _fsync_folder(folder)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(destination)
+        raise SepaExportDownloadError(
+            endpoints.DOWNLOAD_ENDPOINT,
+            200,
+            f"syncing the folder {folder} after publishing the file failed: {error.strerror or error}",
+            resource_id=f"file {file_id}",
+            hint=f"{destination} was removed again, so no file was written. Check the disk, then retry the task.",
+        ) from error
+    if skipped:
+        log.warning(
+            "Could not sync the folder %s (%s), so %s may be missing after a power loss.", folder, skipped, destination
+        )
+
+
+def _fsync_folder(folder: str) -> str | None:
     """Write a folder's entries to disk, so that a file name just published survives a power loss.
 
-    File systems that cannot fsync a folder (EINVAL or EOPNOTSUPP, as some network file
-    systems) are skipped. Every other error is raised.
+    :return: ``None`` once synced, or why the folder cannot be synced: a folder that the
+        worker may write to but not open (EACCES, EPERM), or a file system that cannot sync
+        a folder (EINVAL, EOPNOTSUPP, as some network file systems).
+    :raises OSError: for any other error.
     """
-    descriptor = os.open(folder or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EPERM):
+            return f"opening it failed: {error.strerror}"
+        raise
     try:
         os.fsync(descriptor)
     except OSError as error:
-        if error.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
-            raise
+        if error.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+            return f"the file system does not support it: {error.strerror}"
+        raise
     finally:
         os.close(descriptor)
+    return None
 
 
 def _publish_storage(staged: str, target: Any, digest: str, file_id: str) -> str:

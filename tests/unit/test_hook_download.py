@@ -430,14 +430,15 @@ class TestPublishDurability:
         assert synced_folders == [(tmp_path / "out").stat().st_ino]
         assert destination.read_bytes() == BODY
 
+    @pytest.mark.parametrize("code", [errno.EINVAL, errno.EOPNOTSUPP])
     def test_folder_sync_unsupported_skipped(
-        self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path
+        self, monkeypatch, code, hook, requests_mock, token_endpoint, file_url, tmp_path, captured_logs
     ):
         real_fsync = os.fsync
 
         def folder_fsync_unsupported(descriptor):
             if stat.S_ISDIR(os.fstat(descriptor).st_mode):
-                raise OSError(errno.EINVAL, "Invalid argument")
+                raise OSError(code, os.strerror(code))
             return real_fsync(descriptor)
 
         monkeypatch.setattr(os, "fsync", folder_fsync_unsupported)
@@ -447,6 +448,28 @@ class TestPublishDurability:
         hook.download_file(FILE_ID, str(destination))
 
         assert destination.read_bytes() == BODY
+        assert f"Could not sync the folder {tmp_path}" in captured_logs.text
+        assert "the file system does not support it" in captured_logs.text
+
+    def test_folder_not_openable_skipped(
+        self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path, captured_logs
+    ):
+        """A folder that the worker may write to but not list (mode 0o330) cannot be opened for its fsync."""
+        real_open = os.open
+
+        def folder_not_readable(path, flags, *args, **kwargs):
+            if flags & os.O_DIRECTORY:
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", folder_not_readable)
+        requests_mock.get(file_url, content=BODY)
+        destination = tmp_path / "main.xml"
+
+        hook.download_file(FILE_ID, str(destination))
+
+        assert destination.read_bytes() == BODY
+        assert "opening it failed: Permission denied" in captured_logs.text
 
     def test_folder_sync_error_raised(self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path):
         real_fsync = os.fsync
@@ -458,9 +481,16 @@ class TestPublishDurability:
 
         monkeypatch.setattr(os, "fsync", folder_fsync_fails)
         requests_mock.get(file_url, content=BODY)
+        destination = tmp_path / "main.xml"
 
-        with pytest.raises(OSError, match="Input/output error"):
-            hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+        with pytest.raises(SepaExportDownloadError) as caught:
+            hook.download_file(FILE_ID, str(destination))
+
+        message = str(caught.value)
+        assert f"syncing the folder {tmp_path} after publishing the file failed: Input/output error." in message
+        assert f"for file {FILE_ID}" in message
+        assert f"{destination} was removed again" in message
+        assert files_in(tmp_path) == []
 
 
 class TestDownloadEncodings:
@@ -530,19 +560,59 @@ class TestDownloadEncodings:
         ids=["gzip-cut", "deflate-cut", "gzip-invalid", "gzip-trailing", "deflate-trailing"],
     )
     def test_broken_encoded_body_rejected(
-        self, encoding, wire, reason, hook, requests_mock, token_endpoint, file_url, tmp_path, sleeps
+        self, encoding, wire, reason, hook, requests_mock, token_endpoint, file_url, tmp_path, sleeps, captured_logs
     ):
         # The HTTP framing is complete: Content-Length matches the bytes sent.
         requests_mock.get(
             file_url, content=wire, headers={"Content-Encoding": encoding, "Content-Length": str(len(wire))}
         )
 
-        with pytest.raises(SepaExportDownloadError, match=reason):
+        with pytest.raises(SepaExportDownloadError, match=reason) as caught:
             hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
 
+        message = str(caught.value)
+        assert "failed with HTTP 200" in message
+        assert f"for file {FILE_ID} after 2 attempts" in message
+        assert "invalid on two downloads" in message
         assert files_in(tmp_path) == []
-        # A broken body is downloaded again from the first byte, as after a dropped connection.
-        assert requests_mock.call_count == 4
+        # An invalid body gets one more download, not the whole retry budget: token + 2 downloads.
+        assert requests_mock.call_count == 3
+        assert len(sleeps) == 1
+        assert "the response body is invalid" in captured_logs.text
+        assert reason in captured_logs.text
+
+    def test_invalid_then_valid_body(self, hook, requests_mock, token_endpoint, file_url, tmp_path, sleeps):
+        wire = gzip.compress(BODY)
+        requests_mock.get(
+            file_url,
+            [
+                {"content": wire[:-20], "headers": {"Content-Encoding": "gzip"}},
+                {"content": wire, "headers": {"Content-Encoding": "gzip"}},
+            ],
+        )
+        destination = tmp_path / "main.xml"
+
+        hook.download_file(FILE_ID, str(destination))
+
+        assert destination.read_bytes() == BODY
+        assert files_in(tmp_path) == ["main.xml"]
+
+    def test_gzip_zero_padding_accepted(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        requests_mock.get(file_url, content=gzip.compress(BODY) + bytes(512), headers={"Content-Encoding": "gzip"})
+        destination = tmp_path / "main.xml"
+
+        hook.download_file(FILE_ID, str(destination))
+
+        assert destination.read_bytes() == BODY
+
+    def test_non_ascii_content_length_ignored(self, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        # '²' passes str.isdigit() but not int(); like http.client, the hook ignores such a header.
+        requests_mock.get(file_url, content=BODY, headers={"Content-Length": "\u00b2"})
+        destination = tmp_path / "main.xml"
+
+        hook.download_file(FILE_ID, str(destination))
+
+        assert destination.read_bytes() == BODY
 
     @pytest.mark.parametrize("encoding", ["br", "zstd", "compress", "gzip, gzip", "gzip, br"])
     def test_unknown_encoding_rejected(self, encoding, hook, requests_mock, token_endpoint, file_url, tmp_path, sleeps):
@@ -553,6 +623,7 @@ class TestDownloadEncodings:
 
         message = str(caught.value)
         assert f"Content-Encoding {encoding!r}" in message
+        assert f"for file {FILE_ID}" in message
         assert "No file was written." in message
         assert files_in(tmp_path) == []
         assert requests_mock.call_count == 2
@@ -590,3 +661,83 @@ class TestDownloadEncodings:
         hook.download_file(FILE_ID, str(destination))
 
         assert destination.read_bytes() == body
+
+
+class TestDownloadReadPaths:
+    def test_fast_path_reads_into_blocks(self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        calls = []
+        real_read_into = sepa_export._read_into
+
+        def counting_read_into(body, buffer):
+            calls.append(len(buffer))
+            return real_read_into(body, buffer)
+
+        monkeypatch.setattr(sepa_export, "_read_into", counting_read_into)
+        body = os.urandom(2 * staging.BLOCK_SIZE)
+        requests_mock.get(file_url, content=body)
+        destination = tmp_path / "main.xml"
+
+        hook.download_file(FILE_ID, str(destination))
+
+        assert destination.read_bytes() == body
+        assert calls
+        assert max(calls) == staging.BLOCK_SIZE
+
+    @pytest.mark.parametrize(
+        ("failure", "reason"),
+        [
+            (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), "before the whole body arrived"),
+            (TimeoutError("timed out"), r"read timed out \(ReadTimeout\)"),
+        ],
+        ids=["reset", "timeout"],
+    )
+    def test_public_read_errors_retried(
+        self, monkeypatch, failure, reason, hook, requests_mock, token_endpoint, file_url, tmp_path, sleeps
+    ):
+        """Without ``readinto`` below urllib3, a broken body still gets the download's retry rules."""
+
+        class BreakingBody(io.RawIOBase):
+            """Returns ``head``, then raises ``failure``; it has ``read`` only, no ``readinto``."""
+
+            def __init__(self, head: bytes) -> None:
+                self._head = head
+
+            def readable(self) -> bool:
+                return True
+
+            def read(self, size=-1):
+                if not self._head:
+                    raise failure
+                part, self._head = self._head[:size], self._head[size:]
+                return part
+
+            def __getattribute__(self, name):
+                if name == "readinto":
+                    raise AttributeError(name)
+                return super().__getattribute__(name)
+
+        requests_mock.get(file_url, [{"body": BreakingBody(BODY[:20])} for _ in range(3)])
+        monkeypatch.setattr(sepa_export, "_read_into", None)  # fails the test if the readinto path is taken
+
+        with pytest.raises(SepaExportDownloadError, match=reason) as caught:
+            hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+
+        assert "after 3 attempts" in str(caught.value)
+        assert files_in(tmp_path) == []
+        assert len(sleeps) == 2
+
+    def test_staged_file_not_creatable(self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        def no_permission(*args, **kwargs):
+            raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
+
+        monkeypatch.setattr(sepa_export.tempfile, "mkstemp", no_permission)
+        requests_mock.get(file_url, content=BODY)
+
+        with pytest.raises(SepaExportDownloadError) as caught:
+            hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+
+        message = str(caught.value)
+        assert f"staged file in {tmp_path} failed: Permission denied." in message
+        assert f"for file {FILE_ID}" in message
+        assert "fix the folder's permissions" in message
+        assert requests_mock.last_request.url == file_url
