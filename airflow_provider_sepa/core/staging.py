@@ -80,9 +80,9 @@ class StagedFileWriter:
         self._finished = False
         self._abandoned = False
         self._end_sent = False
-        # Set by the writer thread as it ends. Python 3.11.7's Thread.join(), when an exception
-        # interrupts it, can mark the thread as ended while it still runs, and a later join()
-        # then returns at once; waiting for this event has no such state.
+        # Set by the writer thread as it ends. When an exception interrupts Thread.join() on
+        # Python 3.11.7, the thread can be marked as ended while it still runs, so a later
+        # join() returns at once. Waiting for this event does not have that problem.
         self._writer_done = threading.Event()
         self._thread = threading.Thread(target=self._write_blocks, name="sepa-staged-file-writer", daemon=True)
         # The writer thread writes through its own duplicate of the descriptor and closes it
