@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -80,28 +81,44 @@ class StagedFileWriter:
         self._finished = False
         self._abandoned = False
         self._end_sent = False
-        # Set by the writer thread as it ends. When an exception interrupts Thread.join() on
-        # Python 3.11.7, the thread can be marked as ended while it still runs, so a later
-        # join() returns at once. Waiting for this event does not have that problem.
-        self._writer_done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._writer_fd = -1
+        # Holds the writer's descriptor until one side closes it. list.pop() is atomic.
+        self._unclosed_writer_fds: list[int] = []
+        # The writer thread sets the flag as its last step, and the queue wakes the reader.
+        # Thread.join() and threading.Event are not enough here. An exception from a signal
+        # handler can interrupt either of them inside Python code and leave it broken. A later
+        # join() then returns at once (seen on Python 3.11.7), and a later Event.wait() never.
+        self._writer_ended = False
+        self._wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
+
+    def __enter__(self) -> StagedFileWriter:
+        # The thread starts here, not in __init__, so that it never runs without __exit__ to stop it.
+        # It writes through its own duplicate of the descriptor and closes it when it ends.
+        # Should the thread outlive the reader, because an exception interrupted the wait for
+        # it, its last write still lands in this file, and never in a file that reuses the
+        # caller's descriptor number after the caller closed it.
+        self._writer_fd = os.dup(self._fd)
+        self._unclosed_writer_fds.append(self._writer_fd)
         self._thread = threading.Thread(target=self._write_blocks, name="sepa-staged-file-writer", daemon=True)
-        # The writer thread writes through its own duplicate of the descriptor and closes it
-        # when it ends. Should the thread outlive the reader, because an exception interrupted
-        # the wait for it, its last write still lands in this file, and never in a file that
-        # reuses the caller's descriptor number after the caller closed it.
-        self._writer_fd = os.dup(fd)
         try:
             self._thread.start()
         except BaseException:
-            os.close(self._writer_fd)
+            # The thread may have started before the exception came; the end marker stops it.
+            self._send_end()
+            self._close_writer_fd()
             raise
-
-    def __enter__(self) -> StagedFileWriter:
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, exc_tb: TracebackType | None
     ) -> None:
+        # NOTE: an exception from a signal handler that comes before _stop() runs here leaves
+        # the writer thread waiting for blocks, with its 4 blocks and its descriptor of the
+        # removed staged file, until the process ends. Airflow ends a task's process after a
+        # timeout, and the window is a few statements long.
+        if self._thread is None:
+            return
         if not self._finished:
             self._abandoned = True
         self._stop()
@@ -141,6 +158,7 @@ class StagedFileWriter:
 
         :raises OSError: when a write or the fsync failed.
         """
+        self._require_started()
         if self._filled:
             self._hand_over()
         self._stop()
@@ -149,23 +167,41 @@ class StagedFileWriter:
         self._finished = True
 
     def _hand_over(self) -> None:
+        self._require_started()
         self._raise_writer_error()
         self._full.put((self._block, self._filled))
         self._block = self._free.get()
         self._view = memoryview(self._block)
         self._filled = 0
 
+    def _require_started(self) -> None:
+        if self._thread is None:
+            raise RuntimeError("StagedFileWriter writes only inside a with block, which starts its writer thread.")
+
     def _raise_writer_error(self) -> None:
         if self._error is not None:
             raise self._error
 
     def _stop(self) -> None:
+        self._send_end()
+        while not self._writer_ended:
+            with contextlib.suppress(queue.Empty):
+                self._wakeups.get(timeout=0.05)
+        if self._thread is not None:
+            self._thread.join()
+
+    def _send_end(self) -> None:
         # A second end marker, after an interruption between these two lines, is harmless.
         if not self._end_sent:
             self._full.put(None)
             self._end_sent = True
-        self._writer_done.wait()
-        self._thread.join()
+
+    def _close_writer_fd(self) -> None:
+        try:
+            descriptor = self._unclosed_writer_fds.pop()
+        except IndexError:
+            return
+        os.close(descriptor)
 
     # -- writer thread -----------------------------------------------------------------
 
@@ -182,8 +218,9 @@ class StagedFileWriter:
                 finally:
                     self._free.put(block)
         finally:
-            os.close(self._writer_fd)
-            self._writer_done.set()
+            self._close_writer_fd()
+            self._writer_ended = True
+            self._wakeups.put(None)
 
     def _write_block(self, data: memoryview) -> None:
         if self.direct and len(data) < self._block_size:

@@ -383,10 +383,44 @@ class TestStagedFileWriterInterruption:
         monkeypatch.setattr(threading.Thread, "start", no_thread)
         before = sorted(os.listdir("/proc/self/fd"))
 
-        with pytest.raises(RuntimeError, match="can't start new thread"):
-            StagedFileWriter(fd, block_size=BLOCK, blocks=2)
+        with (
+            pytest.raises(RuntimeError, match="can't start new thread"),
+            StagedFileWriter(fd, block_size=BLOCK, blocks=2),
+        ):
+            pass
 
         assert sorted(os.listdir("/proc/self/fd")) == before
+
+    def test_interrupted_start_stops_thread(self, monkeypatch, staged):
+        """An exception that comes after the thread started, inside start(), still ends the thread."""
+        fd, _ = staged
+        real_start = threading.Thread.start
+
+        def start_then_interrupt(self):
+            real_start(self)
+            raise Interrupted
+
+        monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+        before = sorted(os.listdir("/proc/self/fd"))
+
+        with pytest.raises(Interrupted), StagedFileWriter(fd, block_size=BLOCK, blocks=2):
+            pass
+
+        deadline = time.monotonic() + 2
+        while writer_threads() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert writer_threads() == []
+        assert sorted(os.listdir("/proc/self/fd")) == before
+
+    def test_use_outside_with_rejected(self, staged):
+        fd, _ = staged
+        writer = StagedFileWriter(fd, block_size=BLOCK, blocks=2)
+
+        with pytest.raises(RuntimeError, match="only inside a with block"):
+            writer.write(b"i" * BLOCK)
+        with pytest.raises(RuntimeError, match="only inside a with block"):
+            writer.finish()
+        assert writer_threads() == []
 
     def test_late_write_misses_reused_descriptor(self, monkeypatch, tmp_path):
         """A writer thread that outlives its reader writes to its own descriptor, not to a reused number."""
@@ -400,16 +434,16 @@ class TestStagedFileWriterInterruption:
             return real_write(descriptor, data)
 
         monkeypatch.setattr(os, "write", held_write)
-        writer = StagedFileWriter(fd, direct=False, block_size=BLOCK, blocks=2)
-        writer.write(b"g" * BLOCK)  # handed over, and held in the writer thread
-        os.close(fd)
-        other = os.open(tmp_path / "other.log", os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            assert other == fd  # the number of the closed descriptor is reused
-            release.set()
-            writer.finish()
-        finally:
-            os.close(other)
+        with StagedFileWriter(fd, direct=False, block_size=BLOCK, blocks=2) as writer:
+            writer.write(b"g" * BLOCK)  # handed over, and held in the writer thread
+            os.close(fd)
+            other = os.open(tmp_path / "other.log", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                assert other == fd  # the number of the closed descriptor is reused
+                release.set()
+                writer.finish()
+            finally:
+                os.close(other)
 
         assert (tmp_path / "other.log").stat().st_size == 0
         assert (tmp_path / "file.part").stat().st_size == BLOCK
