@@ -360,8 +360,9 @@ class SepaExportHook(BaseHook):
         The body is written as bytes and never decoded as text; only an HTTP content
         encoding such as gzip is undone. A destination string ending with ``/`` is a folder
         that receives ``<file id>.xml``. The file appears at the destination only when the
-        whole body has arrived; after a failure nothing is left there. An existing file with
-        different content is never overwritten.
+        whole body has arrived. After a failure nothing is left there, unless only the sync
+        of the folder failed after publishing, and then the error message names the file.
+        An existing file with different content is never overwritten.
 
         :raises SepaExportDownloadError: when the body stays incomplete after the retries, a
             compressed body is invalid twice or has an encoding other than gzip or deflate,
@@ -416,7 +417,7 @@ class SepaExportHook(BaseHook):
             )
             attempts.start_attempt()
             try:
-                return _stage_body(response, staging_dir, file_id)
+                return _stage_body(response, staging_dir, file_id, attempts.attempts)
             except BodyDecodingError as error:
                 invalid_bodies += 1
                 if invalid_bodies > 1:
@@ -470,7 +471,9 @@ class SepaExportHook(BaseHook):
         return True, f"Fetched a token and listed jobs of tenant {self.settings.tenant!r}."
 
 
-def _stage_body(response: requests.Response, staging_dir: str | None, file_id: str) -> tuple[str, int, str]:
+def _stage_body(
+    response: requests.Response, staging_dir: str | None, file_id: str, attempt: int
+) -> tuple[str, int, str]:
     """Write one response's body into a new staged file and return its path, size and SHA-256.
 
     The staged file is removed again after any error.
@@ -487,7 +490,7 @@ def _stage_body(response: requests.Response, staging_dir: str | None, file_id: s
         handle, staged = tempfile.mkstemp(prefix=".sepa-", suffix=".part", dir=staging_dir)
     except OSError as error:
         response.close()
-        raise _staging_error(error, staging_dir, file_id) from error
+        raise _staging_error(error, staging_dir, file_id, attempt) from error
     try:
         # Leaving the block stops the writer thread before the file is closed.
         with (
@@ -495,17 +498,18 @@ def _stage_body(response: requests.Response, staging_dir: str | None, file_id: s
             os.fdopen(handle, "wb", buffering=0) as staged_file,
             StagedFileWriter(staged_file.fileno()) as writer,
         ):
-            digest, received = _copy_body(response, writer)
-            expected = response.headers.get("Content-Length", "")
-            # isascii(): str.isdigit() also accepts digits such as '²' that int() rejects.
-            if expected.isascii() and expected.isdigit() and int(expected) != received:
-                raise requests.exceptions.ChunkedEncodingError(f"got {received} of {expected} bytes")
+            digest = _copy_body(response, writer)
             writer.finish()
         return staged, writer.size, digest
     except UnsupportedEncodingError as error:
         os.unlink(staged)
         raise SepaExportDownloadError(
-            endpoints.DOWNLOAD_ENDPOINT, 200, str(error), resource_id=f"file {file_id}", hint="No file was written."
+            endpoints.DOWNLOAD_ENDPOINT,
+            200,
+            str(error),
+            attempts=attempt,
+            resource_id=f"file {file_id}",
+            hint="No file was written.",
         ) from error
     except requests.exceptions.RequestException:
         # Also OSErrors, but of the network, not of the disk.
@@ -513,19 +517,20 @@ def _stage_body(response: requests.Response, staging_dir: str | None, file_id: s
         raise
     except OSError as error:
         os.unlink(staged)
-        raise _staging_error(error, staging_dir, file_id) from error
+        raise _staging_error(error, staging_dir, file_id, attempt) from error
     except BaseException:
         os.unlink(staged)
         raise
 
 
-def _staging_error(error: OSError, staging_dir: str | None, file_id: str) -> SepaExportDownloadError:
+def _staging_error(error: OSError, staging_dir: str | None, file_id: str, attempt: int) -> SepaExportDownloadError:
     """Return the error for a staged file that could not be created or written, naming its folder."""
     folder = staging_dir or tempfile.gettempdir()
     return SepaExportDownloadError(
         endpoints.DOWNLOAD_ENDPOINT,
         200,
         f"writing the download to a staged file in {folder} failed: {error.strerror or error}",
+        attempts=attempt,
         resource_id=f"file {file_id}",
         hint="No file was written. Free disk space or fix the folder's permissions, then retry the task.",
     )
@@ -558,13 +563,16 @@ def _buffered_error_body(response: _BufferedResponse, limit: int = 4096) -> str:
     return response.content[:limit].decode("utf-8", errors="replace")
 
 
-def _copy_body(response: requests.Response, writer: StagedFileWriter) -> tuple[str, int]:
-    """Write the decoded body through ``writer`` and return its SHA-256 and the bytes read off the wire.
+def _copy_body(response: requests.Response, writer: StagedFileWriter) -> str:
+    """Write the decoded body through ``writer`` and return its SHA-256.
 
-    The wire count differs from the size when the server compressed the body, and
-    Content-Length counts the wire bytes. A compressed body is decoded here, not by
-    urllib3, so that a body that ends inside its compressed stream is an error.
+    A compressed body is decoded here, not by urllib3, so that a body that ends inside its
+    compressed stream is an error. Content-Length counts the bytes on the wire, before
+    decoding, and is checked before the end of a compressed stream is: a connection that
+    closed early is a broken connection, not an invalid body.
 
+    :raises requests.exceptions.ChunkedEncodingError: when fewer or more bytes arrived than
+        Content-Length announced.
     :raises UnsupportedEncodingError: for a Content-Encoding other than gzip or deflate.
     :raises BodyDecodingError: for a compressed body that is invalid or incomplete.
     """
@@ -572,8 +580,9 @@ def _copy_body(response: requests.Response, writer: StagedFileWriter) -> tuple[s
 
     encoding = parse_content_encoding(response.headers.get("Content-Encoding"))
     read_into = _body_reader(response)
+    expected = _content_length(response)
     if encoding is not None:
-        return _copy_encoded_body(read_into, encoding, writer)
+        return _copy_encoded_body(read_into, encoding, writer, expected)
 
     # Without an encoding the body goes straight into the writer's blocks.
     digest = hashlib.sha256()
@@ -581,14 +590,15 @@ def _copy_body(response: requests.Response, writer: StagedFileWriter) -> tuple[s
         space = writer.space()
         count = read_into(space)
         if not count:
-            return digest.hexdigest(), writer.size
+            _check_length(writer.size, expected)
+            return digest.hexdigest()
         digest.update(space[:count])
         writer.commit(count)
 
 
 def _copy_encoded_body(
-    read_into: Callable[[memoryview], int], encoding: str, writer: StagedFileWriter
-) -> tuple[str, int]:
+    read_into: Callable[[memoryview], int], encoding: str, writer: StagedFileWriter, expected: int | None
+) -> str:
     from airflow_provider_sepa.core.content_encoding import BodyDecoder
 
     digest = hashlib.sha256()
@@ -600,8 +610,24 @@ def _copy_encoded_body(
         for piece in decoder.decode(buffer[:count]):
             digest.update(piece)
             writer.write(piece)
+    _check_length(received, expected)
     decoder.finish()
-    return digest.hexdigest(), received
+    return digest.hexdigest()
+
+
+def _content_length(response: requests.Response) -> int | None:
+    """Return the Content-Length header as a number, or ``None`` when it is missing or not a number."""
+    value = response.headers.get("Content-Length", "").strip()
+    # isascii(): str.isdigit() also accepts digits such as '²' that int() rejects.
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def _check_length(received: int, expected: int | None) -> None:
+    import requests
+
+    if expected is not None and received != expected:
+        # http.client's readinto() returns 0, not IncompleteRead, when the server closes early.
+        raise requests.exceptions.ChunkedEncodingError(f"got {received} of {expected} bytes")
 
 
 def _body_reader(response: requests.Response) -> Callable[[memoryview], int]:
@@ -731,6 +757,8 @@ def _publish_local(staged: str, destination: str, digest: str, file_id: str, log
         return destination
 
     if _sha256_of(destination) == digest:
+        # The identical file may come from a download whose folder sync failed.
+        _sync_published(destination, file_id, log)
         return destination
     raise SepaExportDownloadError(
         endpoints.DOWNLOAD_ENDPOINT,
@@ -742,19 +770,22 @@ def _publish_local(staged: str, destination: str, digest: str, file_id: str, log
 
 
 def _sync_published(destination: str, file_id: str, log: Any) -> None:
-    """Sync the folder of a file just published; remove the file again when the sync fails."""
+    """Sync the folder of a published file, so that its name survives a power loss.
+
+    A failed sync leaves the file in place: its content is synced, and another download
+    of the same file may already have reported it as written.
+    """
     folder = os.path.dirname(destination) or "."
     try:
         skipped = _fsync_folder(folder)
     except OSError as error:
-        with contextlib.suppress(OSError):
-            os.unlink(destination)
         raise SepaExportDownloadError(
             endpoints.DOWNLOAD_ENDPOINT,
             200,
             f"syncing the folder {folder} after publishing the file failed: {error.strerror or error}",
             resource_id=f"file {file_id}",
-            hint=f"{destination} was removed again, so no file was written. Check the disk, then retry the task.",
+            hint=f"{destination} is complete, but its name may be missing after a power loss. Check the disk, "
+            "then retry the task, which keeps the identical file and syncs the folder again.",
         ) from error
     if skipped:
         log.warning(

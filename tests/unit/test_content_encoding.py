@@ -146,3 +146,15 @@ class TestBodyDecoder:
         wire = gzip.compress(b"a") + gzip.compress(b"b") + bytes(3)
 
         assert decode_all(BodyDecoder("gzip"), wire, 1) == b"ab"
+
+    def test_zeros_then_member_across_reads_raised(self):
+        """Zero padding ends the body: a member after it, even in a later read, is an error."""
+        decoder = BodyDecoder("gzip")
+        list(decoder.decode(gzip.compress(b"a") + bytes(4)))
+
+        with pytest.raises(BodyDecodingError, match="data after the zero bytes"):
+            list(decoder.decode(gzip.compress(b"b")))
+
+    def test_deflate_zero_padding_raised(self):
+        with pytest.raises(BodyDecodingError, match="data after the end"):
+            decode_all(BodyDecoder("deflate"), zlib.compress(DATA) + bytes(8), 64)

@@ -451,15 +451,16 @@ class TestPublishDurability:
         assert f"Could not sync the folder {tmp_path}" in captured_logs.text
         assert "the file system does not support it" in captured_logs.text
 
+    @pytest.mark.parametrize("code", [errno.EACCES, errno.EPERM])
     def test_folder_not_openable_skipped(
-        self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path, captured_logs
+        self, monkeypatch, code, hook, requests_mock, token_endpoint, file_url, tmp_path, captured_logs
     ):
         """A folder that the worker may write to but not list (mode 0o330) cannot be opened for its fsync."""
         real_open = os.open
 
         def folder_not_readable(path, flags, *args, **kwargs):
             if flags & os.O_DIRECTORY:
-                raise PermissionError(errno.EACCES, "Permission denied", path)
+                raise PermissionError(code, os.strerror(code), path)
             return real_open(path, flags, *args, **kwargs)
 
         monkeypatch.setattr(os, "open", folder_not_readable)
@@ -469,7 +470,7 @@ class TestPublishDurability:
         hook.download_file(FILE_ID, str(destination))
 
         assert destination.read_bytes() == BODY
-        assert "opening it failed: Permission denied" in captured_logs.text
+        assert f"opening it failed: {os.strerror(code)}" in captured_logs.text
 
     def test_folder_sync_error_raised(self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path):
         real_fsync = os.fsync
@@ -489,8 +490,29 @@ class TestPublishDurability:
         message = str(caught.value)
         assert f"syncing the folder {tmp_path} after publishing the file failed: Input/output error." in message
         assert f"for file {FILE_ID}" in message
-        assert f"{destination} was removed again" in message
-        assert files_in(tmp_path) == []
+        assert f"{destination} is complete, but its name may be missing" in message
+        # The file stays: another download of it may already have reported it as written.
+        assert files_in(tmp_path) == ["main.xml"]
+        assert destination.read_bytes() == BODY
+
+    def test_identical_file_synced_again(self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        destination = tmp_path / "main.xml"
+        destination.write_bytes(BODY)
+        synced_folders = []
+        real_fsync = os.fsync
+
+        def record_fsync(descriptor):
+            if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+                synced_folders.append(os.fstat(descriptor).st_ino)
+            return real_fsync(descriptor)
+
+        monkeypatch.setattr(os, "fsync", record_fsync)
+        requests_mock.get(file_url, content=BODY)
+
+        hook.download_file(FILE_ID, str(destination))
+
+        assert synced_folders == [tmp_path.stat().st_ino]
+        assert files_in(tmp_path) == ["main.xml"]
 
 
 class TestDownloadEncodings:
@@ -580,6 +602,60 @@ class TestDownloadEncodings:
         assert len(sleeps) == 1
         assert "the response body is invalid" in captured_logs.text
         assert reason in captured_logs.text
+
+    @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+    def test_cut_encoded_body_is_disconnect(
+        self, encoding, hook, requests_mock, token_endpoint, file_url, tmp_path, sleeps
+    ):
+        """A compressed body that ends before its Content-Length is a broken connection, with all retries."""
+        wire = (gzip.compress if encoding == "gzip" else zlib.compress)(os.urandom(50_000))
+        # The body ends early while the header announces all bytes, as when the server closes early.
+        cut = {
+            "content": wire[: len(wire) // 2],
+            "headers": {"Content-Encoding": encoding, "Content-Length": str(len(wire))},
+        }
+        requests_mock.get(file_url, [cut, cut, cut])
+
+        with pytest.raises(SepaExportDownloadError) as caught:
+            hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+
+        message = str(caught.value)
+        assert "failed with no response" in message
+        assert "after 3 attempts" in message
+        assert (
+            f"connection closed before the response was complete (got {len(wire) // 2} of {len(wire)} bytes)" in message
+        )
+        assert len(sleeps) == 2
+
+    def test_cut_cut_then_whole_body(self, hook, requests_mock, token_endpoint, file_url, tmp_path, sleeps):
+        body = os.urandom(50_000)
+        wire = gzip.compress(body)
+        headers = {"Content-Encoding": "gzip", "Content-Length": str(len(wire))}
+        cut = {"content": wire[:1000], "headers": headers}
+        requests_mock.get(file_url, [cut, cut, {"content": wire, "headers": headers}])
+        destination = tmp_path / "main.xml"
+
+        hook.download_file(FILE_ID, str(destination))
+
+        assert destination.read_bytes() == body
+
+    def test_invalid_body_status_after_disconnects(
+        self, hook, requests_mock, token_endpoint, file_url, tmp_path, sleeps
+    ):
+        """When the retries run out on an invalid body, the error still reports the HTTP 200 it got."""
+        wire = gzip.compress(BODY)
+        headers = {"Content-Encoding": "gzip", "Content-Length": str(len(wire))}
+        cut = {"content": wire[:10], "headers": headers}
+        invalid = {"content": wire[:-8] + bytes(8), "headers": headers}  # a zeroed CRC-32 and size
+        requests_mock.get(file_url, [cut, cut, invalid])
+
+        with pytest.raises(SepaExportDownloadError) as caught:
+            hook.download_file(FILE_ID, str(tmp_path / "main.xml"))
+
+        message = str(caught.value)
+        assert "failed with HTTP 200" in message
+        assert "after 3 attempts" in message
+        assert "the response body is invalid" in message
 
     def test_invalid_then_valid_body(self, hook, requests_mock, token_endpoint, file_url, tmp_path, sleeps):
         wire = gzip.compress(BODY)
