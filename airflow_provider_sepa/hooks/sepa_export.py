@@ -647,46 +647,51 @@ def _body_reader(response: requests.Response) -> Callable[[memoryview], int]:
 
 
 def _read_into(body: IO[bytes], buffer: memoryview) -> int:
-    """Read the next part of the body into ``buffer`` and return its length, 0 at the end.
+    """Read the next part of the body into ``buffer`` and return its length, 0 at the end."""
+    try:
+        return int(body.readinto(buffer))  # type: ignore[attr-defined]
+    except Exception as error:
+        mapped = _read_error(error)
+        if mapped is None:
+            raise
+        raise mapped from error
 
-    Errors become requests exceptions, so that the download's retry rules apply: an early
-    end or a reset becomes ChunkedEncodingError or ConnectionError, a read timeout
-    ReadTimeout.
+
+def _read_raw_into(raw: Any, buffer: memoryview) -> int:
+    """Read the next part of the body through urllib3's ``read``, undecoded, into ``buffer``."""
+    try:
+        data = raw.read(len(buffer), decode_content=False)
+    except Exception as error:
+        mapped = _read_error(error)
+        if mapped is None:
+            raise
+        raise mapped from error
+    buffer[: len(data)] = data
+    return len(data)
+
+
+def _read_error(error: Exception) -> Exception | None:
+    """Return the requests exception for an error of reading a body, so that the download's retry rules apply.
+
+    An early end becomes ChunkedEncodingError, a read timeout ReadTimeout, and any other
+    socket error ConnectionError. ``http.client`` and urllib3 report the same faults with
+    exceptions of their own, so both are mapped. Any other error gives ``None``.
     """
     import http.client
 
     import requests
-
-    try:
-        return int(body.readinto(buffer))  # type: ignore[attr-defined]
-    except http.client.HTTPException as error:
-        # IncompleteRead: the connection closed before Content-Length bytes or the last chunk.
-        raise requests.exceptions.ChunkedEncodingError(
-            f"the connection closed before the whole body arrived: {error!r}"
-        ) from error
-    except TimeoutError as error:
-        raise requests.exceptions.ReadTimeout(f"reading the body timed out: {error}") from error
-    except OSError as error:
-        raise requests.exceptions.ConnectionError(f"reading the body failed: {error}") from error
-
-
-def _read_raw_into(raw: Any, buffer: memoryview) -> int:
-    """Read the next part of the body through urllib3's ``read``, undecoded, with the errors of :func:`_read_into`."""
-    import requests
     import urllib3.exceptions
 
-    try:
-        data = raw.read(len(buffer), decode_content=False)
-    except urllib3.exceptions.ReadTimeoutError as error:
-        raise requests.exceptions.ReadTimeout(f"reading the body timed out: {error}") from error
-    except urllib3.exceptions.ProtocolError as error:
-        raise requests.exceptions.ChunkedEncodingError(
+    if isinstance(error, (http.client.HTTPException, urllib3.exceptions.ProtocolError)):
+        # IncompleteRead: the connection closed before Content-Length bytes or the last chunk.
+        return requests.exceptions.ChunkedEncodingError(
             f"the connection closed before the whole body arrived: {error!r}"
-        ) from error
-    except OSError as error:
-        raise requests.exceptions.ConnectionError(f"reading the body failed: {error}") from error
-    buffer[: len(data)] = data
-    return len(data)
+        )
+    if isinstance(error, (TimeoutError, urllib3.exceptions.ReadTimeoutError)):
+        return requests.exceptions.ReadTimeout(f"reading the body timed out: {error}")
+    if isinstance(error, OSError):
+        return requests.exceptions.ConnectionError(f"reading the body failed: {error}")
+    return None
 
 
 def _as_storage_path(destination: Any, file_id: str) -> Any:
