@@ -411,37 +411,45 @@ class TestSepaExportHookDownloadObjectStorage:
         assert not ObjectStoragePath(f"{memory_bucket}/main.xml").exists()
 
 
+class FolderFsync:
+    """os.fsync that records the inodes of the folders it syncs, and raises ``error`` for folders when set."""
+
+    def __init__(self) -> None:
+        self.synced_inodes: list[int] = []
+        self.error: OSError | None = None
+        self._real_fsync = os.fsync
+
+    def __call__(self, descriptor: int) -> None:
+        status = os.fstat(descriptor)
+        if stat.S_ISDIR(status.st_mode):
+            if self.error is not None:
+                raise self.error
+            self.synced_inodes.append(status.st_ino)
+        self._real_fsync(descriptor)
+
+
+@pytest.fixture
+def folder_fsync(monkeypatch) -> FolderFsync:
+    fake = FolderFsync()
+    monkeypatch.setattr(os, "fsync", fake)
+    return fake
+
+
 class TestPublishDurability:
-    def test_folder_synced_after_publish(self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path):
-        synced_folders = []
-        real_fsync = os.fsync
-
-        def record_fsync(descriptor):
-            if stat.S_ISDIR(os.fstat(descriptor).st_mode):
-                synced_folders.append(os.fstat(descriptor).st_ino)
-            return real_fsync(descriptor)
-
-        monkeypatch.setattr(os, "fsync", record_fsync)
+    def test_folder_synced_after_publish(self, folder_fsync, hook, requests_mock, token_endpoint, file_url, tmp_path):
         requests_mock.get(file_url, content=BODY)
         destination = tmp_path / "out" / "main.xml"
 
         hook.download_file(FILE_ID, str(destination))
 
-        assert synced_folders == [(tmp_path / "out").stat().st_ino]
+        assert folder_fsync.synced_inodes == [(tmp_path / "out").stat().st_ino]
         assert destination.read_bytes() == BODY
 
     @pytest.mark.parametrize("code", [errno.EINVAL, errno.EOPNOTSUPP])
     def test_folder_sync_unsupported_skipped(
-        self, monkeypatch, code, hook, requests_mock, token_endpoint, file_url, tmp_path, captured_logs
+        self, folder_fsync, code, hook, requests_mock, token_endpoint, file_url, tmp_path, captured_logs
     ):
-        real_fsync = os.fsync
-
-        def folder_fsync_unsupported(descriptor):
-            if stat.S_ISDIR(os.fstat(descriptor).st_mode):
-                raise OSError(code, os.strerror(code))
-            return real_fsync(descriptor)
-
-        monkeypatch.setattr(os, "fsync", folder_fsync_unsupported)
+        folder_fsync.error = OSError(code, os.strerror(code))
         requests_mock.get(file_url, content=BODY)
         destination = tmp_path / "main.xml"
 
@@ -472,15 +480,8 @@ class TestPublishDurability:
         assert destination.read_bytes() == BODY
         assert f"opening it failed: {os.strerror(code)}" in captured_logs.text
 
-    def test_folder_sync_error_raised(self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path):
-        real_fsync = os.fsync
-
-        def folder_fsync_fails(descriptor):
-            if stat.S_ISDIR(os.fstat(descriptor).st_mode):
-                raise OSError(errno.EIO, "Input/output error")
-            return real_fsync(descriptor)
-
-        monkeypatch.setattr(os, "fsync", folder_fsync_fails)
+    def test_folder_sync_error_raised(self, folder_fsync, hook, requests_mock, token_endpoint, file_url, tmp_path):
+        folder_fsync.error = OSError(errno.EIO, "Input/output error")
         requests_mock.get(file_url, content=BODY)
         destination = tmp_path / "main.xml"
 
@@ -495,23 +496,14 @@ class TestPublishDurability:
         assert files_in(tmp_path) == ["main.xml"]
         assert destination.read_bytes() == BODY
 
-    def test_identical_file_synced_again(self, monkeypatch, hook, requests_mock, token_endpoint, file_url, tmp_path):
+    def test_identical_file_synced_again(self, folder_fsync, hook, requests_mock, token_endpoint, file_url, tmp_path):
         destination = tmp_path / "main.xml"
         destination.write_bytes(BODY)
-        synced_folders = []
-        real_fsync = os.fsync
-
-        def record_fsync(descriptor):
-            if stat.S_ISDIR(os.fstat(descriptor).st_mode):
-                synced_folders.append(os.fstat(descriptor).st_ino)
-            return real_fsync(descriptor)
-
-        monkeypatch.setattr(os, "fsync", record_fsync)
         requests_mock.get(file_url, content=BODY)
 
         hook.download_file(FILE_ID, str(destination))
 
-        assert synced_folders == [tmp_path.stat().st_ino]
+        assert folder_fsync.synced_inodes == [tmp_path.stat().st_ino]
         assert files_in(tmp_path) == ["main.xml"]
 
 
